@@ -1,0 +1,3 @@
+"""fmaudit: audit genomic foundation models and their text counterparts."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,41 @@
+"""Progress bars on stderr, silent when stderr is not a terminal or ``--quiet`` was given."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def enabled() -> bool:
+    if _quiet or os.environ.get("FMAUDIT_QUIET"):
+        return False
+    return sys.stderr.isatty()
+
+
+def bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "",
+        unit: str = "it") -> Any:
+    """A tqdm bar on stderr (disabled when not interactive)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr,
+                disable=not enabled(), dynamic_ncols=True, leave=False)
+
+
+def info(message: str) -> None:
+    """A status line on stderr (suppressed by --quiet)."""
+    if not (_quiet or os.environ.get("FMAUDIT_QUIET")):
+        print(message, file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr; always shown."""
+    print(f"fmaudit: warning: {message}", file=sys.stderr)
