@@ -1,0 +1,176 @@
+"""``fmaudit report``: audit checkpoint families; write report.json (+ HTML and Markdown)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from fmaudit.errors import FmauditError
+
+
+def _floats(value: str, option: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise FmauditError(f"{option} {value!r}: expected comma-separated numbers") from None
+    if not out:
+        raise FmauditError(f"{option}: no values given")
+    return out
+
+
+def _ints(value: str, option: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise FmauditError(f"{option} {value!r}: expected comma-separated integers") from None
+    if not out or any(v < 1 for v in out):
+        raise FmauditError(f"{option} {value!r}: expected positive integers")
+    return out
+
+
+def _corpus_map(values: tuple[str, ...], names: list[str]) -> dict:
+    out: dict = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if sep and name in names:
+            out[name] = path
+        elif sep and not Path(v).exists():
+            raise FmauditError(f"--corpus {v!r}: no ensemble named {name!r} "
+                               f"(ensembles: {', '.join(names)})")
+        else:
+            out[None] = v
+    for path in out.values():
+        if not Path(path).exists():
+            raise FmauditError(f"--corpus {path}: no such file")
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("specs", nargs=-1)
+@click.option("--ensemble", "ensembles", multiple=True, metavar="NAME=SPEC...",
+              help="A named family (repeatable), e.g. dna='org/m-seed<0..4>'.")
+@click.option("--corpus", "corpora", multiple=True, metavar="[NAME=]FILE",
+              help="Evaluation corpus (FASTA or text); NAME=FILE for one ensemble. Default: the "
+                   "members' manifest held-out split.")
+@click.option("--regions", default="", help="Comma-separated regions, e.g. chr8:1-2,000,000.")
+@click.option("--samples", default=256, show_default=True, help="Evaluation windows.")
+@click.option("--seq-len", type=int, default=None, help="Tokens per window [min(model max, 512)].")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Fixes windows and masks.")
+@click.option("--mask-prob", default=0.15, show_default=True)
+@click.option("--top-p", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0", show_default=True)
+@click.option("--top-p-rule", type=click.Choice(["nucleus", "paper"]), default="nucleus",
+              show_default=True)
+@click.option("--k", "ks", default="1,3,5,10,20,50,100,1000", show_default=True,
+              help="Neighbour counts for the static-embedding metrics.")
+@click.option("--analyses", default="predictions,embeddings,fisher", show_default=True)
+@click.option("--fisher-estimator", type=click.Choice(["per-token", "batch"]), default="per-token",
+              show_default=True)
+@click.option("--fisher-labels", type=click.Choice(["empirical", "sampled"]), default="empirical",
+              show_default=True)
+@click.option("--fisher-samples", default=64, show_default=True,
+              help="Windows for the Fisher pass (bounded separately).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on GPU), float32...")
+@click.option("--allow-pickle", is_flag=True, help="Allow pytorch_model.bin (runs pickle code).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow code shipped in the model repo.")
+@click.option("--gate", "gate_policy", type=click.Path(dir_okay=False), default=None,
+              help="Also gate the report with this policy (exit 1 when a check fails).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write report.json (and report.html/.md) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
+def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[str, ...],
+           regions: str, samples: int, seq_len: int | None, batch_size: int, seed: int,
+           mask_prob: float, top_p: str, top_p_rule: str, ks: str, analyses: str,
+           fisher_estimator: str, fisher_labels: str, fisher_samples: int, device: str,
+           dtype: str, allow_pickle: bool, trust_remote_code: bool, gate_policy: str | None,
+           out_dir: str | None, as_json: bool) -> int:
+    """Audit checkpoint families (local folders or Hub ids, ranges like seed<0..4>)."""
+    from fmaudit.models.specs import parse_ensemble_option
+    from fmaudit.results.audit import AuditConfig
+
+    groups: dict[str, list[str]] = {}
+    if specs:
+        groups["model"] = list(specs)
+    for value in ensembles:
+        name, member_specs = parse_ensemble_option(value)
+        if name in groups:
+            raise FmauditError(f"--ensemble {name}: named twice")
+        groups[name] = member_specs
+    if not groups:
+        raise FmauditError("SPEC: give at least one member (a folder or Hub id) or --ensemble")
+    for option, value in (("--samples", samples), ("--batch-size", batch_size),
+                          ("--fisher-samples", fisher_samples)):
+        if value < 1:
+            raise FmauditError(f"{option} {value}: must be at least 1")
+    if seq_len is not None and seq_len < 4:
+        raise FmauditError(f"--seq-len {seq_len}: must be at least 4")
+    if not 0 < mask_prob <= 1:
+        raise FmauditError(f"--mask-prob {mask_prob}: must be in (0, 1]")
+    top_ps = _floats(top_p, "--top-p")
+    if any(not 0 < p <= 1 for p in top_ps):
+        raise FmauditError(f"--top-p {top_p}: every value must be in (0, 1]")
+    policy = None
+    if gate_policy is not None:
+        from fmaudit.gate import load_policy
+
+        policy = load_policy(Path(gate_policy))  # fail before any compute
+    cfg = AuditConfig(
+        ensembles=groups, corpus=_corpus_map(corpora, list(groups)),
+        regions=tuple(r for r in regions.split(",") if r.strip()) if regions else (),
+        samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed, mask_prob=mask_prob,
+        top_p=top_ps, top_p_rule=top_p_rule, k=_ints(ks, "--k"),
+        analyses=tuple(a.strip() for a in analyses.split(",") if a.strip()),
+        fisher_estimator=fisher_estimator, fisher_labels=fisher_labels,
+        fisher_samples=fisher_samples, allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code, device=device, dtype=dtype, argv=sys.argv[1:])
+    return run_report(cfg, out_dir, gate_policy if policy is not None else None, as_json)
+
+
+def run_report(cfg, out_dir: str | None, gate_policy: str | None, as_json: bool) -> int:
+    """Audit, gate, write, print. Returns the exit code (1 when the gate failed)."""
+    from fmaudit.cli.output import print_json
+    from fmaudit.passes import distributed
+    from fmaudit.results.audit import run_audit
+    from fmaudit.results.summary import summary_rows
+
+    report_data = run_audit(cfg)
+    code = 0
+    if gate_policy is not None:
+        from fmaudit.gate import run_gate
+
+        result = run_gate(report_data, Path(gate_policy))
+        report_data["gate"] = result.to_dict()
+        code = 0 if result.passed else 1
+    if not distributed.is_main():
+        return code
+    if out_dir is not None:
+        write_report(report_data, Path(out_dir))
+    if as_json:
+        print_json(report_data)
+    else:
+        from fmaudit.cli.output import print_table
+
+        headers, rows = summary_rows(report_data)
+        print_table(rows, headers)
+        if out_dir is not None:
+            click.echo(f"\nwrote {Path(out_dir) / 'report.json'}", err=True)
+        if report_data["gate"] is not None:
+            verdict = "passed" if report_data["gate"]["passed"] else "FAILED"
+            click.echo(f"gate {verdict}", err=True)
+    return code
+
+
+def write_report(report_data: dict, out: Path) -> None:
+    """report.json first (atomically), then the rendered views from it."""
+    from fmaudit.io import atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "report.json", report_data)
+    try:
+        from fmaudit.report import render_report
+    except ImportError:  # renderer not installed in this build
+        return
+    render_report(report_data, out)

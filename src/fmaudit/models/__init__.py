@@ -1,0 +1,1 @@
+"""Models: building from recipes (build.py), loading checkpoint families (load.py), parameter groups (groups.py)."""

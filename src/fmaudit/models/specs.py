@@ -1,0 +1,77 @@
+"""Member specs: ``org/model-seed<0..4>@rev``, local folders, and ``NAME=SPEC`` ensembles."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fmaudit.errors import FmauditError
+
+_RANGE = re.compile(r"<(\d+)\.\.(\d+)>")
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One member as the user named it: a local folder or a Hub repo id, and a revision."""
+
+    source: str
+    revision: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.source if self.revision is None else f"{self.source}@{self.revision}"
+
+
+def expand_ranges(spec: str) -> list[str]:
+    """Expand every ``<a..b>`` (inclusive) in ``spec``; ``<00..04>`` keeps the zero padding.
+
+    >>> expand_ranges("org/m-seed<0..2>")
+    ['org/m-seed0', 'org/m-seed1', 'org/m-seed2']
+    """
+    match = _RANGE.search(spec)
+    if match is None:
+        return [spec]
+    lo_text, hi_text = match.group(1), match.group(2)
+    lo, hi = int(lo_text), int(hi_text)
+    if hi < lo:
+        raise FmauditError(f"{spec}: range <{lo_text}..{hi_text}> is empty (write <low..high>)")
+    width = len(lo_text) if lo_text.startswith("0") and len(lo_text) > 1 else 0
+    out: list[str] = []
+    for i in range(lo, hi + 1):
+        head = spec[: match.start()] + str(i).zfill(width) + spec[match.end():]
+        out.extend(expand_ranges(head))
+    return out
+
+
+def parse_member_specs(specs: list[str]) -> list[MemberSpec]:
+    """Expand ranges and split ``@revision`` suffixes (a Windows-style ``C:@`` is not a concern)."""
+    members: list[MemberSpec] = []
+    for raw in specs:
+        if not raw.strip():
+            raise FmauditError("SPEC: empty member spec")
+        for spec in expand_ranges(raw):
+            source, revision = spec, None
+            if "@" in spec:
+                source, _, revision = spec.rpartition("@")
+                if not source or not revision:
+                    raise FmauditError(f"{spec}: malformed '@revision' (write ID@REVISION)")
+            members.append(MemberSpec(source, revision))
+    seen = set()
+    for m in members:
+        if m.label in seen:
+            raise FmauditError(f"{m.label}: member listed twice")
+        seen.add(m.label)
+    return members
+
+
+def parse_ensemble_option(value: str) -> tuple[str, list[str]]:
+    """``NAME=SPEC [SPEC...]`` (specs separated by spaces or commas) -> (name, specs)."""
+    name, sep, rest = value.partition("=")
+    name = name.strip()
+    if not sep or not name or not rest.strip():
+        raise FmauditError(f"--ensemble {value!r}: expected NAME=SPEC "
+                           "(e.g. dna='org/m-seed<0..4>')")
+    if any(ord(c) < 32 for c in name):
+        raise FmauditError(f"--ensemble {value!r}: the name has control characters")
+    specs = [s for s in re.split(r"[\s,]+", rest.strip()) if s]
+    return name, specs

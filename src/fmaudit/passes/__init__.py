@@ -1,0 +1,1 @@
+"""Passes over evaluation data: masking, predictions, hidden states, Fisher."""

@@ -1,0 +1,118 @@
+"""The prediction pass: every member over the same batches, in one stream.
+
+Per batch, each member's logits at the predicted positions feed its ``PredictionAccumulator``;
+the members' logits together feed the ``DisagreementAccumulator``; mean-pooled hidden states of
+the first ``contextual_windows`` windows are kept for the contextual-embedding metrics. Nothing of
+size [members x positions x vocabulary] outlives a batch, so memory does not grow with the number
+of evaluated windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fmaudit.errors import FmauditError
+from fmaudit.metrics import DisagreementAccumulator, NonFiniteLogitsError, PredictionAccumulator
+from fmaudit.passes.device import autocast
+from fmaudit.passes.distributed import all_reduce_sum, gather_objects
+from fmaudit.passes.eval_data import EvalBatch
+
+
+def target_logits(logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """``logits [B, L, V]`` at ``target_mask [B, L]`` -> ``[N, V]`` float32, row-major order."""
+    return logits[target_mask].float()
+
+
+def mean_pool(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens of every layer's hidden states -> ``[B, layers, H]`` float32."""
+    mask = attention_mask.unsqueeze(-1).float()  # [B, L, 1]
+    denom = mask.sum(1).clamp_min(1.0)  # [B, 1]
+    return torch.stack([(h.float() * mask).sum(1) / denom for h in hidden_states], dim=1)
+
+
+@dataclass
+class PredictionResult:
+    members: list[dict]  # PredictionAccumulator.compute() per member
+    disagreement: dict
+    pooled: list[torch.Tensor] | None  # per member [W, layers, H], windows in id order
+    window_ids: list[int] = field(default_factory=list)
+    positions: int = 0
+    windows: int = 0
+
+
+def run_prediction_pass(
+    models: Sequence[Any],
+    member_ids: Sequence[str],
+    batches: Iterable[EvalBatch],
+    vocab_size: int,
+    top_ps: Sequence[float],
+    top_p_rule: str,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    contextual_windows: int = 0,
+    progress: Any = None,
+) -> PredictionResult:
+    """Stream ``batches`` through every member; reduce sums over processes at the end."""
+    preds = [PredictionAccumulator(vocab_size) for _ in models]
+    disagreement = DisagreementAccumulator(len(models), list(top_ps), top_p_rule)
+    want_hidden = contextual_windows > 0
+    pooled: list[list[torch.Tensor]] = [[] for _ in models]
+    pooled_ids: list[torch.Tensor] = []
+    counts = torch.zeros(2, dtype=torch.float64)  # windows, positions
+    with torch.inference_mode():
+        for batch in batches:
+            batch = batch.to(device, non_blocking=device.type == "cuda")
+            labels = batch.labels
+            keep = batch.window_ids < contextual_windows if want_hidden else None
+            member_logits = []
+            for m, (model, mid) in enumerate(zip(models, member_ids, strict=True)):
+                with autocast(device, dtype):
+                    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                output_hidden_states=want_hidden)
+                logits = target_logits(out.logits, batch.target_mask)
+                try:
+                    preds[m].update(logits, labels)
+                except NonFiniteLogitsError:
+                    raise FmauditError(f"{mid}: the model produced NaN/inf logits; refusing to "
+                                       "average them (check the weights and --dtype)") from None
+                member_logits.append(logits)
+                if want_hidden and keep is not None and bool(keep.any()):
+                    pool = mean_pool(out.hidden_states, batch.attention_mask)[keep]
+                    pooled[m].append(pool.cpu())
+            disagreement.update(member_logits)
+            if want_hidden and keep is not None and bool(keep.any()):
+                pooled_ids.append(batch.window_ids[keep].cpu())
+            counts += torch.tensor([batch.window_ids.numel(), labels.numel()], dtype=torch.float64)
+            if progress is not None:
+                progress.update(int(batch.window_ids.numel()))
+    for acc in [*preds, disagreement]:
+        acc.load_sums(all_reduce_sum(acc.sums()))
+    counts = all_reduce_sum(counts)
+    if counts[1] == 0:
+        raise FmauditError("the evaluation set has no predicted positions (check --samples, "
+                           "--seq-len and the corpus)")
+    result_pooled = None
+    window_ids: list[int] = []
+    if want_hidden:
+        local_ids = torch.cat(pooled_ids) if pooled_ids else torch.zeros(0, dtype=torch.long)
+        local = [torch.cat(p) if p else None for p in pooled]
+        gathered = gather_objects((local_ids, local))
+        all_ids = torch.cat([g[0] for g in gathered])
+        order = torch.argsort(all_ids)
+        window_ids = all_ids[order].tolist()
+        result_pooled = []
+        for m in range(len(models)):
+            parts = [g[1][m] for g in gathered if g[1][m] is not None]
+            result_pooled.append(torch.cat(parts)[order] if parts else None)
+    return PredictionResult(
+        members=[acc.compute() for acc in preds],
+        disagreement=disagreement.compute(),
+        pooled=result_pooled,
+        window_ids=window_ids,
+        windows=int(counts[0]),
+        positions=int(counts[1]),
+    )

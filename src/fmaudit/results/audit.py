@@ -1,0 +1,484 @@
+"""The audit: resolve each ensemble, check it, run the passes, assemble report.json.
+
+One prediction pass per ensemble feeds every prediction, disagreement and contextual metric; the
+Fisher pass runs on its own (smaller) window budget; static-embedding metrics read the weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmaudit import progress
+from fmaudit.errors import FmauditError
+from fmaudit.models import load as mload
+from fmaudit.models.specs import parse_member_specs
+from fmaudit.passes import distributed
+from fmaudit.results import SCHEMA_VERSION
+from fmaudit.results.provenance import command_line, now_utc, tool_info
+
+DEFAULT_TOP_P = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+DEFAULT_K = (1, 3, 5, 10, 20, 50, 100, 1000)
+ANALYSES = ("predictions", "embeddings", "fisher")
+UNK_WARN = 0.05
+
+
+@dataclass
+class AuditConfig:
+    ensembles: dict[str, list[str]]
+    corpus: dict[str | None, str] = field(default_factory=dict)  # None key: applies to all
+    regions: tuple[str, ...] = ()
+    samples: int = 256
+    seq_len: int | None = None
+    batch_size: int = 16
+    seed: int = 0
+    mask_prob: float = 0.15
+    top_p: tuple[float, ...] = DEFAULT_TOP_P
+    top_p_rule: str = "nucleus"
+    k: tuple[int, ...] = DEFAULT_K
+    analyses: tuple[str, ...] = ANALYSES
+    fisher_estimator: str = "per-token"
+    fisher_labels: str = "empirical"
+    fisher_samples: int = 64
+    contextual_windows: int = 512
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    argv: list[str] | None = None
+
+
+@dataclass
+class Member:
+    resolved: mload.ResolvedMember
+    config: Any
+    objective: str
+    tokenizer: Any
+    model: Any = None
+
+
+# ----------------------------------------------------------------------------- ensembles
+def resolve_ensemble(name: str, specs: list[str], cfg: AuditConfig) -> list[Member]:
+    """Resolve and check members: weights safe, same objective, same vocabulary and output size."""
+    members = []
+    for spec in parse_member_specs(specs):
+        resolved = mload.resolve_member(spec, allow_pickle=cfg.allow_pickle)
+        mload.check_weights(resolved, cfg.allow_pickle)
+        config = mload.load_config(resolved, cfg.trust_remote_code)
+        objective = mload.detect_objective(config)
+        tok = mload.load_tokenizer(resolved, cfg.trust_remote_code)
+        members.append(Member(resolved, config, objective, tok))
+    if not members:
+        raise FmauditError(f"ensemble {name!r}: no members")
+    ref = members[0]
+    ref_vocab = ref.tokenizer.get_vocab()
+    for m in members[1:]:
+        if m.objective != ref.objective:
+            raise FmauditError(f"{m.resolved.id}: objective {m.objective} differs from "
+                               f"{ref.resolved.id} ({ref.objective})")
+        vocab = m.tokenizer.get_vocab()
+        if vocab != ref_vocab:
+            diff = sorted(set(vocab.items()) ^ set(ref_vocab.items()))[:3]
+            raise FmauditError(f"{m.resolved.id}: tokenizer vocabulary differs from "
+                               f"{ref.resolved.id} ({len(vocab)} vs {len(ref_vocab)} tokens; "
+                               f"e.g. {diff})")
+        if m.config.vocab_size != ref.config.vocab_size:
+            raise FmauditError(f"{m.resolved.id}: output size {m.config.vocab_size} differs from "
+                               f"{ref.resolved.id} ({ref.config.vocab_size})")
+    return members
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested != "auto":
+        try:
+            return torch.device(requested)
+        except RuntimeError:
+            raise FmauditError(f"--device {requested!r}: not a torch device") from None
+    state = distributed.state()
+    return state.device
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype | None:
+    if requested == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    table = {"float32": None, "fp32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if requested not in table:
+        raise FmauditError(f"--dtype {requested!r}: expected auto, float32, bf16 or fp16")
+    return table[requested]
+
+
+def max_positions(config: Any) -> int | None:
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            # RoBERTa/ESM reserve padding_idx + 1 positions
+            offset = (getattr(config, "pad_token_id", 0) or 0) + 1 \
+                if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") \
+                else 0
+            return value - offset
+    return None
+
+
+def eval_corpus(name: str, members: list[Member], cfg: AuditConfig) -> tuple[Any, str]:
+    """The evaluation corpus and split: --corpus NAME=FILE, a bare --corpus, or the manifest's
+    held-out split."""
+    from fmaudit.corpus import CorpusOptions, open_corpus
+
+    path = cfg.corpus.get(name) or cfg.corpus.get(None)
+    manifest = members[0].resolved.manifest
+    if path is not None:
+        options = CorpusOptions(regions=tuple(cfg.regions)) if cfg.regions else CorpusOptions()
+        corpus = open_corpus(path, options)
+        # a user-supplied corpus is evaluated whole unless it is the manifest's own corpus
+        split = "all"
+        if manifest and _same_file(manifest_corpus_path(manifest), path):
+            corpus = open_corpus(path, manifest_corpus_options(manifest, cfg.regions))
+            split = "holdout"
+        return corpus, split
+    if manifest is None:
+        raise FmauditError(f"ensemble {name!r}: --corpus is required (its members carry no "
+                           "fmaudit manifest naming their held-out data)")
+    mpath = manifest_corpus_path(manifest)
+    if mpath is None or not Path(mpath).exists():
+        raise FmauditError(f"ensemble {name!r}: the manifest's corpus {mpath} is not available "
+                           "here; pass --corpus")
+    return open_corpus(mpath, manifest_corpus_options(manifest, cfg.regions)), "holdout"
+
+
+def _same_file(a: str | None, b: str) -> bool:
+    if a is None:
+        return False
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def manifest_corpus_path(manifest: dict) -> str | None:
+    corpus = manifest.get("corpus") or {}
+    return corpus.get("path")
+
+
+def manifest_corpus_options(manifest: dict, regions: tuple[str, ...] = ()) -> Any:
+    from fmaudit.corpus import CorpusOptions
+
+    corpus = manifest.get("corpus") or {}
+    opts = dict(corpus.get("options") or {})
+    known = set(CorpusOptions.__dataclass_fields__)
+    opts = {k: (tuple(v) if isinstance(v, list) else v) for k, v in opts.items() if k in known}
+    if regions:
+        opts["regions"] = tuple(regions)
+    return CorpusOptions(**opts)
+
+
+# ----------------------------------------------------------------------------- metrics glue
+def _member_stat(values: list[float]) -> dict:
+    from fmaudit.metrics import mean_std_members
+
+    return mean_std_members(values)
+
+
+def prediction_section(result: Any, unigram_ce: float | None, unigram_source: str,
+                       vocab_size: int) -> dict:
+    from fmaudit.metrics import mean_std_vectors
+
+    ms = result.members
+    ce = [m["cross_entropy_bits"] for m in ms]
+    out = {
+        "entropy": {"bits": _member_stat([m["entropy_bits"] for m in ms]),
+                    "normalized": _member_stat([m["entropy_normalized"] for m in ms])},
+        "kl_uniform_bits": _member_stat([m["kl_uniform_bits"] for m in ms]),
+        "cross_entropy_bits": _member_stat(ce),
+        "perplexity": _member_stat([m["perplexity"] for m in ms]),
+        "accuracy": _member_stat([m["accuracy"] for m in ms]),
+        "rank_profile": {"ranks": list(range(1, len(ms[0]["rank_profile"]) + 1)),
+                         **mean_std_vectors([m["rank_profile"] for m in ms])},
+        "unigram_cross_entropy_bits": unigram_ce,
+        "unigram_source": unigram_source,
+        "context_gain_bits": _member_stat([None if unigram_ce is None else unigram_ce - c
+                                           for c in ce]),
+        "uniform_entropy_bits": math.log2(vocab_size),
+    }
+    d = result.disagreement
+    out["disagreement"] = {
+        "top_p_rule": d["top_p_rule"],
+        "pairs": d["pairs"],
+        "js_distance": d["js_distance"],
+        "argmax_agreement": d["argmax_agreement"] if d["pairs"] else None,
+    }
+    return out
+
+
+def unigram_reference(corpus: Any, tokenizer: Any, eval_split: str, length: int, seq_len: int,
+                      samples: int, seed: int, eval_labels: list[torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, str]:
+    """Token counts for the unigram model: a seeded sample of the train split when the corpus
+    has one distinct from the evaluated split, else the evaluation windows themselves."""
+    from fmaudit.tokenizer import encode_windows
+
+    vocab = len(tokenizer)
+    counts = torch.zeros(vocab, dtype=torch.float64)
+    source = "train split"
+    try:
+        if eval_split == "all":
+            raise FmauditError("no separate train split")
+        n_fit = max(4 * samples, 64)
+        try:
+            windows = corpus.windows("train", length=length, n=n_fit, seed=seed + 1)
+        except FmauditError:
+            windows = corpus.windows("train", length=length)[:n_fit]
+        texts = [w.text for w in windows]
+        source = f"train split ({len(texts)} windows)"
+    except FmauditError:
+        texts = [w.text for w in corpus.windows(eval_split, length=length, n=samples, seed=seed)]
+        source = f"evaluation windows ({len(texts)})"
+    for start in range(0, len(texts), 64):
+        enc = encode_windows(tokenizer, texts[start:start + 64], seq_len)
+        keep = enc["attention_mask"].bool() & ~enc["special_tokens_mask"].bool()
+        counts += torch.bincount(enc["input_ids"][keep], minlength=vocab).double()
+    return counts, source
+
+
+def unigram_cross_entropy(counts: torch.Tensor, labels: torch.Tensor) -> float:
+    """Add-one smoothed unigram model: p(v) = (c_v + 1) / (N + V); cross-entropy in bits of the
+    evaluation labels under it."""
+    vocab = counts.numel()
+    logp = torch.log2((counts + 1.0) / (counts.sum() + vocab))
+    return float(-logp[labels].mean())
+
+
+# ----------------------------------------------------------------------------- the audit
+def run_audit(cfg: AuditConfig) -> dict:
+    """Audit every ensemble in ``cfg`` and return the report dict (docs/report-schema.md)."""
+    from fmaudit.passes.predictions import run_prediction_pass
+    from fmaudit.tokenizer import unk_fraction, window_chars
+
+    for a in cfg.analyses:
+        if a not in ANALYSES:
+            raise FmauditError(f"--analyses: unknown analysis {a!r} (choose from "
+                               f"{', '.join(ANALYSES)})")
+    if cfg.samples < 1:
+        raise FmauditError("--samples: must be at least 1")
+    started = time.perf_counter()
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    rank, world = distributed.rank_and_world()
+    torch.manual_seed(cfg.seed)
+    timing: dict[str, float] = {}
+    ensembles: dict[str, dict] = {}
+    # resolve everything before any compute, so a bad member fails fast
+    resolved = {name: resolve_ensemble(name, specs, cfg) for name, specs in cfg.ensembles.items()}
+    corpora = {name: eval_corpus(name, members, cfg) for name, members in resolved.items()}
+    for name, members in resolved.items():
+        corpus, split = corpora[name]
+        ref = members[0]
+        tok = ref.tokenizer
+        vocab_size = int(ref.config.vocab_size)
+        limit = max_positions(ref.config)
+        seq_len = cfg.seq_len or min(limit or 512, 512)
+        if limit is not None and seq_len > limit:
+            raise FmauditError(f"--seq-len {seq_len}: longer than the model's {limit} positions")
+        length = window_chars(tok, seq_len, corpus)
+        windows = corpus.windows(split, length=length, n=cfg.samples, seed=cfg.seed)
+        texts = [w.text for w in windows]
+        if not texts:
+            raise FmauditError(f"ensemble {name!r}: the evaluation set is empty")
+        entry: dict[str, Any] = {"name": name}
+        for m in members:
+            m.model = mload.load_model(m.resolved, m.config, m.objective,
+                                       allow_pickle=cfg.allow_pickle,
+                                       trust_remote_code=cfg.trust_remote_code).to(device)
+        from fmaudit.tokenizer import encode_windows
+
+        probe = encode_windows(tok, texts[: min(len(texts), 64)], seq_len)
+        unk = float(unk_fraction(tok, probe))
+        if unk > UNK_WARN and distributed.is_main():
+            progress.warn(f"ensemble {name!r}: {unk:.1%} of the corpus tokens are [UNK]; the "
+                          "corpus does not fit the tokenizer")
+        entry["corpus"] = {**_corpus_summary(corpus), "split": split, "windows": len(texts),
+                           "window_chars": length, "unk_fraction": unk}
+        entry["objective"] = ref.objective
+        entry["vocab_size"] = vocab_size
+        entry["seq_len"] = seq_len
+        entry["tokenizer"] = {"class": type(tok).__name__, "size": len(tok),
+                              "special_tokens": list(tok.all_special_tokens)}
+        entry["members"] = [_member_info(m) for m in members]
+
+        make_batches = functools.partial(_batches_for, texts, tok, seq_len, ref.objective, cfg,
+                                         rank, world)
+        pooled = None
+        if "predictions" in cfg.analyses or "embeddings" in cfg.analyses:
+            t0 = time.perf_counter()
+            ctx = cfg.contextual_windows if "embeddings" in cfg.analyses else 0
+            bar = progress.bar(total=len(texts), desc=f"{name}: predictions", unit="win")
+            result = run_prediction_pass(
+                [m.model for m in members], [m.resolved.id for m in members], make_batches(),
+                vocab_size, cfg.top_p, cfg.top_p_rule, device, dtype,
+                contextual_windows=min(ctx, len(texts)), progress=bar)
+            bar.close()
+            entry["corpus"]["positions"] = result.positions
+            pooled = result.pooled
+            if "predictions" in cfg.analyses:
+                counts, source = unigram_reference(corpus, tok, split, length, seq_len,
+                                                   cfg.samples, cfg.seed)
+                labels = torch.cat([b.labels for b in make_batches()]) if world == 1 else None
+                uce = _unigram_ce_distributed(counts, make_batches) if labels is None \
+                    else unigram_cross_entropy(counts, labels)
+                entry.update(prediction_section(result, uce, source, vocab_size))
+            timing[f"{name}.predictions"] = time.perf_counter() - t0
+        if "embeddings" in cfg.analyses:
+            t0 = time.perf_counter()
+            from fmaudit.passes.embeddings import contextual_section, static_section
+
+            entry["static_embeddings"] = static_section(members, tok, cfg.k, cfg.seed)
+            if pooled is not None:
+                entry["contextual_embeddings"] = contextual_section(pooled)
+            timing[f"{name}.embeddings"] = time.perf_counter() - t0
+        if "fisher" in cfg.analyses:
+            t0 = time.perf_counter()
+            entry["fisher"] = fisher_section(members, make_batches, cfg, device, dtype,
+                                             min(cfg.fisher_samples, len(texts)))
+            timing[f"{name}.fisher"] = time.perf_counter() - t0
+        for m in members:
+            m.model = None
+        ensembles[name] = entry
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": tool_info(),
+        "created": now_utc(),
+        "command": command_line(cfg.argv),
+        "settings": {
+            "seed": cfg.seed, "samples": cfg.samples, "seq_len": cfg.seq_len,
+            "batch_size": cfg.batch_size, "mask_prob": cfg.mask_prob, "top_p": list(cfg.top_p),
+            "top_p_rule": cfg.top_p_rule, "k": list(cfg.k), "analyses": list(cfg.analyses),
+            "fisher_estimator": cfg.fisher_estimator, "fisher_labels": cfg.fisher_labels,
+            "fisher_samples": cfg.fisher_samples, "contextual_windows": cfg.contextual_windows,
+            "regions": list(cfg.regions), "processes": world, "device": device.type,
+            "dtype": str(dtype).replace("torch.", "") if dtype else "float32",
+        },
+        "timing": {"seconds": time.perf_counter() - started, "passes": timing},
+        "gate": None,
+        "ensembles": ensembles,
+    }
+
+
+def _batches_for(texts: list[str], tok: Any, seq_len: int, objective: str, cfg: AuditConfig,
+                 rank: int, world: int, limit_windows: int | None = None,
+                 batch_size: int | None = None) -> Any:
+    from fmaudit.passes.eval_data import batches
+
+    return batches(texts, tok, seq_len, objective, cfg.seed, cfg.mask_prob,
+                   batch_size or cfg.batch_size, rank=rank, world=world, limit=limit_windows)
+
+
+def _unigram_ce_distributed(counts: torch.Tensor, make_batches: Any) -> float:
+    """Unigram cross-entropy from per-process sums of -log2 p(label)."""
+    vocab = counts.numel()
+    logp = torch.log2((counts + 1.0) / (counts.sum() + vocab))
+    acc = torch.zeros(2, dtype=torch.float64)
+    for b in make_batches():
+        acc += torch.tensor([float(-logp[b.labels].sum()), b.labels.numel()], dtype=torch.float64)
+    acc = distributed.all_reduce_sum(acc)
+    return float(acc[0] / acc[1])
+
+
+def _corpus_summary(corpus: Any) -> dict:
+    summary = corpus.summary()
+    keep = ("path", "name", "kind", "fingerprint")
+    out = {k: summary.get(k) for k in keep}
+    out["options"] = summary.get("options")
+    out["holdout"] = summary.get("holdout")
+    return out
+
+
+def _member_info(m: Member) -> dict:
+    manifest = m.resolved.manifest or {}
+    init = manifest.get("init_path")
+    if init is None and m.resolved.source == "local":
+        guess = m.resolved.path.parent / "init" / m.resolved.path.name
+        init = str(guess) if guess.is_dir() else None
+    return {
+        "id": m.resolved.id,
+        "revision": m.resolved.revision,
+        "path": str(m.resolved.path),
+        "source": m.resolved.source,
+        "parameters": mload.parameter_count(m.model) if m.model is not None else None,
+        "objective": m.objective,
+        "architecture": (getattr(m.config, "architectures", None) or [type(m.model).__name__])[0],
+        "seed": manifest.get("seed"),
+        "init": init,
+    }
+
+
+def fisher_section(members: list[Member], make_batches: Any, cfg: AuditConfig,
+                   device: torch.device, dtype: torch.dtype | None, n_windows: int) -> dict:
+    from fmaudit.metrics import coarse_split, group_shares, mean_std_members
+    from fmaudit.passes.fisher import run_fisher_pass
+
+    results = []
+    for m in members:
+        bar = progress.bar(total=None, desc=f"{m.resolved.id}: fisher", unit="batch")
+        results.append(run_fisher_pass(
+            m.model, make_batches(n_windows, min(cfg.batch_size, 8)),
+            estimator=cfg.fisher_estimator, labels=cfg.fisher_labels, seed=cfg.seed,
+            device=device, dtype=dtype))
+        bar.close()
+    groups = results[0].groups
+    tied = results[0].tied
+
+    def view(sums_of: list[dict[str, float]]) -> tuple[dict, dict]:
+        shares = [group_shares(s) for s in sums_of]
+        coarse = [coarse_split(s, groups) for s in shares]
+        share = {g: mean_std_members([s.get(g, 0.0) for s in shares]) for g in groups}
+        coarse_keys = list(coarse[0])
+        coarse_stats = {c: mean_std_members([x[c] for x in coarse]) for c in coarse_keys}
+        return share, coarse_stats
+
+    share, coarse = view([r.sums for r in results])
+    out = {
+        "estimator": cfg.fisher_estimator,
+        "labels": cfg.fisher_labels,
+        "tokens": results[0].tokens,
+        "windows": n_windows,
+        "tied": tied,
+        "groups": groups,
+        "share": share,
+        "coarse": coarse,
+        "totals": mean_std_members([sum(r.sums.values()) for r in results]),
+        "note": _fisher_note(cfg.fisher_estimator, cfg.fisher_labels, tied),
+    }
+    if tied:
+        share_t, coarse_t = view([r.sums_tied for r in results])
+        out["share_tied"] = share_t
+        out["coarse_tied"] = coarse_t
+    return out
+
+
+def _fisher_note(estimator: str, labels: str, tied: bool) -> str:
+    parts = []
+    if estimator == "per-token":
+        parts.append("Per-token empirical Fisher: mean squared gradient of -log p(y|x) over "
+                     "one random predicted token per window.")
+    else:
+        parts.append("Batch estimator (the study's): squared batch-mean gradient summed over "
+                     "batches / tokens; it mostly measures the squared mean gradient and "
+                     "depends on the batch size.")
+    if labels == "sampled":
+        parts.append("Labels drawn from the model's own predictions (true Fisher).")
+    else:
+        parts.append("Labels are the true tokens (empirical Fisher), which can mislead when "
+                     "predictions are near uniform.")
+    if tied:
+        parts.append("The output projection is tied to the input embeddings: 'share' squares "
+                     "the two roles' gradients apart (output role under head); 'share_tied' "
+                     "squares their sum and counts the matrix once, under embeddings.")
+    return " ".join(parts)
