@@ -78,6 +78,8 @@ def _corpus_map(values: tuple[str, ...], names: list[str]) -> dict:
 @click.option("--trust-remote-code", is_flag=True, help="Allow code shipped in the model repo.")
 @click.option("--gate", "gate_policy", type=click.Path(dir_okay=False), default=None,
               help="Also gate the report with this policy (exit 1 when a check fails).")
+@click.option("--baseline", type=click.Path(dir_okay=True), default=None,
+              help="With --gate: the last released model's report.json, for max_increase checks.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write report.json (and report.html/.md) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
@@ -86,7 +88,7 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
            mask_prob: float, top_p: str, top_p_rule: str, ks: str, analyses: str,
            fisher_estimator: str, fisher_labels: str, fisher_samples: int, device: str,
            dtype: str, allow_pickle: bool, trust_remote_code: bool, gate_policy: str | None,
-           out_dir: str | None, as_json: bool) -> int:
+           baseline: str | None, out_dir: str | None, as_json: bool) -> int:
     """Audit checkpoint families (local folders or Hub ids, ranges like seed<0..4>)."""
     from fmaudit.models.specs import parse_ensemble_option
     from fmaudit.results.audit import AuditConfig
@@ -114,9 +116,10 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
         raise FmauditError(f"--top-p {top_p}: every value must be in (0, 1]")
     policy = None
     if gate_policy is not None:
-        from fmaudit.gate import load_policy
+        from fmaudit.gate import load_policy, require_baseline
 
         policy = load_policy(Path(gate_policy))  # fail before any compute
+        require_baseline(policy, baseline is not None)
     cfg = AuditConfig(
         ensembles=groups, corpus=_corpus_map(corpora, list(groups)),
         regions=tuple(r for r in regions.split(",") if r.strip()) if regions else (),
@@ -126,10 +129,16 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
         fisher_estimator=fisher_estimator, fisher_labels=fisher_labels,
         fisher_samples=fisher_samples, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, device=device, dtype=dtype, argv=sys.argv[1:])
-    return run_report(cfg, out_dir, gate_policy if policy is not None else None, as_json)
+    baseline_data = None
+    if baseline is not None:
+        from fmaudit.gate import load_report
+
+        baseline_data = load_report(Path(baseline))
+    return run_report(cfg, out_dir, policy, gate_policy, baseline_data, as_json)
 
 
-def run_report(cfg, out_dir: str | None, gate_policy: str | None, as_json: bool) -> int:
+def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
+               baseline: dict | None, as_json: bool) -> int:
     """Audit, gate, write, print. Returns the exit code (1 when the gate failed)."""
     from fmaudit.cli.output import print_json
     from fmaudit.passes import distributed
@@ -138,10 +147,10 @@ def run_report(cfg, out_dir: str | None, gate_policy: str | None, as_json: bool)
 
     report_data = run_audit(cfg)
     code = 0
-    if gate_policy is not None:
+    if policy is not None:
         from fmaudit.gate import run_gate
 
-        result = run_gate(report_data, Path(gate_policy))
+        result = run_gate(report_data, Path(policy_path), baseline, policy=policy)
         report_data["gate"] = result.to_dict()
         code = 0 if result.passed else 1
     if not distributed.is_main():

@@ -421,7 +421,7 @@ def _member_info(m: Member) -> dict:
 
 def fisher_section(members: list[Member], make_batches: Any, cfg: AuditConfig,
                    device: torch.device, dtype: torch.dtype | None, n_windows: int) -> dict:
-    from fmaudit.metrics import coarse_split, group_shares, mean_std_members
+    from fmaudit.metrics import coarse_split, group_shares, mean_std_members, shares_over_members
     from fmaudit.passes.fisher import run_fisher_pass
 
     results = []
@@ -437,11 +437,7 @@ def fisher_section(members: list[Member], make_batches: Any, cfg: AuditConfig,
 
     def view(sums_of: list[dict[str, float]]) -> tuple[dict, dict]:
         shares = [group_shares(s) for s in sums_of]
-        coarse = [coarse_split(s, groups) for s in shares]
-        share = {g: mean_std_members([s.get(g, 0.0) for s in shares]) for g in groups}
-        coarse_keys = list(coarse[0])
-        coarse_stats = {c: mean_std_members([x[c] for x in coarse]) for c in coarse_keys}
-        return share, coarse_stats
+        return shares_over_members(shares), shares_over_members([coarse_split(s) for s in shares])
 
     share, coarse = view([r.sums for r in results])
     out = {

@@ -1,0 +1,110 @@
+"""Embedding analyses: static token embeddings (weights) and contextual ones (pooled states).
+
+Static: every member's input-embedding matrix on the rows all members can be compared on
+(special tokens and all-zero rows dropped), each pair compared, calibrated by a row-permuted
+partner (``null``), the analytic chance level and, where init checkpoints exist, the same
+metrics between the untrained initialisations (``init``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmaudit.metrics import (
+    EmbeddingGeometry,
+    anisotropy,
+    compare_embeddings,
+    effective_rank,
+    linear_cka,
+    mean_std_members,
+    mean_std_pairs,
+    pair_indices,
+    summarize_static,
+    topk_overlap,
+    usable_rows,
+    valid_ks,
+)
+
+CONTEXT_K = 10
+
+
+def input_embeddings(model: Any) -> torch.Tensor:
+    return model.get_input_embeddings().weight.detach().float().cpu()
+
+
+def init_embeddings(init_dir: str | None) -> torch.Tensor | None:
+    """The input-embedding matrix of an untrained checkpoint folder, or None."""
+    if not init_dir or not Path(init_dir).is_dir():
+        return None
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    for auto in (AutoModelForMaskedLM, AutoModelForCausalLM):
+        try:
+            model = auto.from_pretrained(init_dir, use_safetensors=True)
+        except (ValueError, OSError):
+            continue
+        return input_embeddings(model)
+    return None
+
+
+def static_section(members: list[Any], tokenizer: Any, ks: tuple[int, ...], seed: int) -> dict:
+    """The report's ``static_embeddings`` block for one ensemble."""
+    mats = [input_embeddings(m.model) for m in members]
+    inits = [init_embeddings(info) for info in
+             ((m.resolved.manifest or {}).get("init_path") or _sibling_init(m) for m in members)]
+    have_init = all(e is not None and e.shape == mats[0].shape for e in inits) and len(inits) > 1
+    rows = usable_rows(mats + ([e for e in inits if e is not None] if have_init else []),
+                       tokenizer.all_special_ids)
+    n = int(rows.numel())
+    ks_ok = valid_ks(ks, n)
+    if n < 3:
+        return {"rows": n, "topk_overlap": [], "local_spearman": []}
+    geos = [EmbeddingGeometry(e[rows]) for e in mats]
+    pairs, null, init = [], [], []
+    gen = torch.Generator().manual_seed(seed)
+    for i, j in pair_indices(len(geos)):
+        pairs.append(compare_embeddings(geos[i], geos[j], ks_ok))
+        null.append(compare_embeddings(geos[i], geos[j].permuted(gen), ks_ok))
+    if have_init:
+        init_geos = [EmbeddingGeometry(e[rows]) for e in inits]
+        for i, j in pair_indices(len(init_geos)):
+            init.append(compare_embeddings(init_geos[i], init_geos[j], ks_ok))
+    if len(geos) == 1:  # no pair: the null is not informative either
+        null = []
+    return summarize_static(pairs, ks_ok, n, null=null, init=init)
+
+
+def _sibling_init(member: Any) -> str | None:
+    """``OUT/init/seed<k>`` beside ``OUT/seed<k>`` (fmaudit train's layout)."""
+    path = member.resolved.path
+    guess = path.parent / "init" / path.name
+    return str(guess) if guess.is_dir() else None
+
+
+def contextual_section(pooled: list[torch.Tensor | None]) -> dict:
+    """Per layer, over member pairs: linear CKA and 10-NN overlap of the windows' mean-pooled
+    states; per member: anisotropy and effective rank of the last layer."""
+    mats = [p for p in pooled if p is not None]
+    if len(mats) != len(pooled) or not mats:
+        return {"layers": [], "windows": 0}
+    windows, n_layers, _ = mats[0].shape
+    layers = []
+    for layer in range(n_layers):
+        ckas, overlaps = [], []
+        for i, j in pair_indices(len(mats)):
+            x, y = mats[i][:, layer].double(), mats[j][:, layer].double()
+            ckas.append(linear_cka(x, y) if windows >= 2 else None)
+            overlaps.append(topk_overlap(x, y, CONTEXT_K) if windows > CONTEXT_K + 1 else None)
+        layers.append({"layer": layer, "linear_cka": mean_std_pairs(ckas),
+                       "knn_overlap": mean_std_pairs(overlaps)})
+    last = [m[:, -1].double() for m in mats]
+    return {
+        "windows": windows,
+        "k": CONTEXT_K,
+        "layers": layers,
+        "anisotropy": mean_std_members([anisotropy(h) for h in last]),
+        "effective_rank": mean_std_members([effective_rank(h) for h in last]),
+    }
