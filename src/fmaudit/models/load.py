@@ -44,6 +44,20 @@ class ResolvedMember:
     manifest: dict[str, Any] | None = field(default=None)
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _cache_dir() -> str | None:
+    """HF_HUB_CACHE, else HF_HOME/hub, read at call time (huggingface_hub reads them once, at
+    import); None lets huggingface_hub use its default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
 def _hub_download(spec: MemberSpec, allow_pickle: bool, retries: int = 3) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -59,7 +73,8 @@ def _hub_download(spec: MemberSpec, allow_pickle: bool, retries: int = 3) -> Pat
     for attempt in range(retries):
         try:
             return Path(snapshot_download(spec.source, revision=spec.revision,
-                                          allow_patterns=patterns))
+                                          allow_patterns=patterns, cache_dir=_cache_dir(),
+                                          local_files_only=_offline()))
         except RevisionNotFoundError:
             raise FmauditError(f"{spec.label}: revision {spec.revision!r} not found on the Hub") \
                 from None
@@ -70,7 +85,7 @@ def _hub_download(spec: MemberSpec, allow_pickle: bool, retries: int = 3) -> Pat
             raise FmauditError(f"{spec.label}: no such local folder or Hub model (check the id, "
                                "or set HF_TOKEN for a private repo)") from None
         except LocalEntryNotFoundError:
-            if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            if _offline():
                 raise FmauditError(f"{spec.label}: not in the Hub cache and HF_HUB_OFFLINE is set "
                                    "(download it once online, or point HF_HUB_CACHE at a cache "
                                    "that holds it)") from None

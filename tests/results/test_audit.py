@@ -1,0 +1,242 @@
+"""End-to-end audits of tiny families: CLI, JSON contract, and metrics against scipy."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import jensenshannon
+
+from fmaudit.cli import main
+from tests.hubcache import add_to_hub_cache
+from tests.tinymodels import make_uniform, random_dna, save_family, save_member, tiny_model
+
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def genome(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "g.fa"
+    seqs = {f"chr{i}": random_dna(6000, i) for i in range(1, 3)}
+    path.write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
+    return path
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(["--quiet", *args])
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def audit(members: list[str], genome: Path, out: Path, capsys, *extra: str) -> dict:
+    code, _, err = run(["report", *members, "--corpus", str(genome), "--samples", "12",
+                        "--seq-len", str(SEQ), "--batch-size", "5", "--fisher-samples", "6",
+                        "--k", "1,5,10,1000", "--out", str(out), *extra], capsys)
+    assert code == 0, err
+    return json.loads((out / "report.json").read_text())
+
+
+def test_report_contract_and_spread(tmp_path, genome, capsys):
+    members = [str(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0, 1, 2))]
+    rep = audit(members, genome, tmp_path / "out", capsys)
+    assert rep["schema_version"] == 1
+    e = rep["ensembles"]["model"]
+    assert e["objective"] == "mlm" and len(e["members"]) == 3
+    assert e["corpus"]["windows"] == 12 and e["corpus"]["positions"] > 0
+    V = e["vocab_size"]
+    for key in ("entropy.bits", "entropy.normalized", "kl_uniform_bits", "cross_entropy_bits",
+                "perplexity", "accuracy", "context_gain_bits"):
+        stat = e
+        for part in key.split("."):
+            stat = stat[part]
+        vals = stat["members"]
+        assert len(vals) == 3
+        assert stat["mean"] == pytest.approx(np.mean(vals))
+        assert stat["std"] == pytest.approx(np.std(vals, ddof=1))
+    assert e["entropy"]["normalized"]["mean"] == pytest.approx(e["entropy"]["bits"]["mean"]
+                                                               / math.log2(V))
+    js = {row["top_p"]: row["mean"] for row in e["disagreement"]["js_distance"]}
+    assert set(js) == {0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0}
+    assert all(0 < v <= 1 for v in js.values())
+    # static embeddings: k=1000 is above the 64 comparable rows, so it is absent, not clipped
+    assert [r["k"] for r in e["static_embeddings"]["topk_overlap"]] == [1, 5, 10]
+    assert e["static_embeddings"]["rows"] == 64
+    fisher = e["fisher"]
+    assert fisher["tied"] and set(fisher["coarse"]) >= {"embeddings", "body", "head"}
+    assert sum(v["mean"] for v in fisher["share"].values()) == pytest.approx(1.0)
+    assert sum(v["mean"] for v in fisher["share_tied"].values()) == pytest.approx(1.0)
+    assert len(e["contextual_embeddings"]["layers"]) == 3  # embeddings output + 2 blocks
+
+
+def test_identical_members_agree_exactly(tmp_path, genome, capsys):
+    a = save_family(tmp_path / "a", "bert", seeds=(7,))[0]
+    b = save_family(tmp_path / "b", "bert", seeds=(7,))[0]
+    rep = audit([str(a), str(b)], genome, tmp_path / "out", capsys)
+    e = rep["ensembles"]["model"]
+    for row in e["disagreement"]["js_distance"]:
+        assert row["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert e["disagreement"]["argmax_agreement"]["mean"] == 1.0
+    for row in e["static_embeddings"]["topk_overlap"]:
+        assert row["mean"] == pytest.approx(1.0)
+        assert row["null"] < 0.5
+    assert e["static_embeddings"]["linear_cka"]["mean"] == pytest.approx(1.0)
+    assert e["static_embeddings"]["procrustes_disparity"]["mean"] == pytest.approx(0, abs=1e-6)
+
+
+def test_uniform_model_has_max_entropy(tmp_path, genome, capsys):
+    from fmaudit.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("kmer:3")
+    model = tiny_model("bert", len(tok), 0, tok=tok)
+    make_uniform(model)
+    path = save_member(tmp_path / "u", model, tok)
+    rep = audit([str(path)], genome, tmp_path / "out", capsys, "--analyses", "predictions")
+    e = rep["ensembles"]["model"]
+    V = e["vocab_size"]
+    assert e["entropy"]["bits"]["mean"] == pytest.approx(math.log2(V), abs=1e-5)
+    assert e["entropy"]["normalized"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert e["kl_uniform_bits"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    assert e["cross_entropy_bits"]["mean"] == pytest.approx(math.log2(V), abs=1e-5)
+    # one member: disagreement is not applicable (null), not zero
+    assert e["disagreement"]["argmax_agreement"] is None
+    assert all(r["mean"] is None for r in e["disagreement"]["js_distance"])
+    assert e["entropy"]["bits"]["std"] is None
+    assert "static_embeddings" not in e and "fisher" not in e
+
+
+def test_js_matches_scipy_on_the_same_positions(tmp_path, genome, capsys):
+    """Recompute JS(p=1) and top-1 agreement with scipy from the models themselves."""
+    from fmaudit.corpus import open_corpus
+    from fmaudit.passes.eval_data import batches
+    from fmaudit.tokenizer import window_chars
+
+    paths = save_family(tmp_path / "fam", "bert", seeds=(0, 1))
+    rep = audit([str(p) for p in paths], genome, tmp_path / "out", capsys,
+                "--analyses", "predictions", "--top-p", "1.0")
+    e = rep["ensembles"]["model"]
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(paths[0])
+    models = [AutoModelForMaskedLM.from_pretrained(p).eval() for p in paths]
+    corpus = open_corpus(genome)
+    texts = [w.text for w in corpus.windows("all", length=window_chars(tok, SEQ, corpus), n=12,
+                                            seed=0)]
+    dists, agree = [], []
+    with torch.no_grad():
+        for b in batches(texts, tok, SEQ, "mlm", 0, 0.15, 5):
+            probs = [torch.softmax(m(input_ids=b.input_ids, attention_mask=b.attention_mask)
+                                   .logits[b.target_mask].double(), -1).numpy() for m in models]
+            for p, q in zip(*probs, strict=True):
+                dists.append(jensenshannon(p, q, base=2))
+                agree.append(p.argmax() == q.argmax())
+    assert e["corpus"]["positions"] == len(dists)
+    assert e["disagreement"]["js_distance"][0]["mean"] == pytest.approx(np.mean(dists), rel=1e-6)
+    assert e["disagreement"]["argmax_agreement"]["mean"] == pytest.approx(np.mean(agree))
+
+
+def test_causal_family(tmp_path, genome, capsys):
+    members = [str(p) for p in save_family(tmp_path / "gpt", "gpt2", seeds=(0, 1))]
+    rep = audit(members, genome, tmp_path / "out", capsys)
+    e = rep["ensembles"]["model"]
+    assert e["objective"] == "clm"
+    # every non-special next token is predicted: 12 windows x (SEQ - 2) tokens
+    assert e["corpus"]["positions"] == 12 * (SEQ - 2)
+    assert e["fisher"]["tied"]
+
+
+def _comparable(rep: dict) -> dict:
+    rep = json.loads(json.dumps(rep))
+    for key in ("created", "command", "timing", "tool"):
+        rep.pop(key)
+    for e in rep["ensembles"].values():
+        e.pop("members")
+    return rep
+
+
+def test_hub_cache_report_equals_local_report(tmp_path, genome, capsys, monkeypatch):
+    paths = save_family(tmp_path / "fam", "bert", seeds=(0, 1))
+    local = audit([str(p) for p in paths], genome, tmp_path / "local", capsys)
+    cache = tmp_path / "hub"
+    commits = [add_to_hub_cache(cache, f"org/tiny-seed{i}", p) for i, p in enumerate(paths)]
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = audit(["org/tiny-seed<0..1>"], genome, tmp_path / "hub-out", capsys)
+    members = hub["ensembles"]["model"]["members"]
+    assert [m["id"] for m in members] == ["org/tiny-seed0", "org/tiny-seed1"]
+    assert [m["revision"] for m in members] == commits
+    assert all(m["source"] == "hub" for m in members)
+    assert _comparable(hub) == _comparable(local)
+
+
+def test_hub_offline_without_cache_is_exit_2(tmp_path, genome, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run(["report", "org/absent", "--corpus", str(genome)], capsys)
+    assert code == 2
+    assert "org/absent" in err and "HF_HUB_OFFLINE" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_pickle_only_member_refused(tmp_path, genome, capsys):
+    path = save_family(tmp_path / "fam", "bert", seeds=(0,))[0]
+    model = tiny_model("bert", 69, 0)
+    (path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    code, _, err = run(["report", str(path), "--corpus", str(genome)], capsys)
+    assert code == 2 and "--allow-pickle" in err
+
+
+def test_mismatched_vocabulary_refused(tmp_path, genome, capsys):
+    a = save_family(tmp_path / "a", "bert", seeds=(0,), tokenizer="kmer:3")[0]
+    b = save_family(tmp_path / "b", "bert", seeds=(1,), tokenizer="kmer:2")[0]
+    code, _, err = run(["report", str(a), str(b), "--corpus", str(genome)], capsys)
+    assert code == 2 and str(b) in err and "vocabulary" in err
+
+
+def test_remote_code_needs_flag(tmp_path, genome, capsys):
+    path = save_family(tmp_path / "fam", "bert", seeds=(0,))[0]
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForMaskedLM": "modeling_x.XForMaskedLM"}
+    (path / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run(["report", str(path), "--corpus", str(genome)], capsys)
+    assert code == 2 and "--trust-remote-code" in err
+
+
+def test_nan_logits_stop_with_exit_2(tmp_path, genome, capsys):
+    from fmaudit.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("kmer:3")
+    model = tiny_model("bert", len(tok), 0, tok=tok)
+    with torch.no_grad():
+        model.cls.predictions.bias.fill_(float("nan"))
+    path = save_member(tmp_path / "nan", model, tok)
+    code, _, err = run(["report", str(path), "--corpus", str(genome), "--samples", "4",
+                        "--seq-len", "16"], capsys)
+    assert code == 2 and "NaN" in err and str(path) in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--samples", "0"], "--samples"),
+    (["--top-p", "0,1"], "--top-p"),
+    (["--analyses", "predictions,bogus"], "bogus"),
+    (["--corpus", "/no/such.fa"], "/no/such.fa"),
+])
+def test_bad_arguments_exit_2(tmp_path, genome, capsys, args, needle):
+    path = save_family(tmp_path / "fam", "bert", seeds=(0,))[0]
+    base = ["report", str(path)] + ([] if "--corpus" in args else ["--corpus", str(genome)])
+    code, _, err = run(base + args, capsys)
+    assert code == 2 and needle in err
+
+
+def test_same_seed_same_report(tmp_path, genome, capsys):
+    members = [str(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0, 1))]
+    r1 = audit(members, genome, tmp_path / "o1", capsys)
+    r2 = audit(members, genome, tmp_path / "o2", capsys)
+    r3 = audit(members, genome, tmp_path / "o3", capsys, "--seed", "1")
+    assert _comparable(r1) == _comparable(r2)
+    assert _comparable(r1) != _comparable(r3)
