@@ -39,3 +39,17 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     """A warning on stderr; always shown."""
     print(f"fmaudit: warning: {message}", file=sys.stderr)
+
+
+def quiet_libraries() -> None:
+    """Silence transformers' and huggingface_hub's own bars when ours are off."""
+    if enabled():
+        return
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass

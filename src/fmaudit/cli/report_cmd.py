@@ -145,6 +145,9 @@ def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
     from fmaudit.results.audit import run_audit
     from fmaudit.results.summary import summary_rows
 
+    from fmaudit import progress
+
+    progress.quiet_libraries()
     report_data = run_audit(cfg)
     code = 0
     if policy is not None:

@@ -16,7 +16,9 @@ import torch
 def state() -> Any:
     from accelerate import PartialState
 
-    return PartialState()
+    # Without a GPU, accelerate only joins a torchrun/accelerate-launch process group (gloo)
+    # when told it runs on CPU.
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def rank_and_world() -> tuple[int, int]:
