@@ -140,12 +140,11 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
 def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
                baseline: dict | None, as_json: bool) -> int:
     """Audit, gate, write, print. Returns the exit code (1 when the gate failed)."""
+    from fmaudit import progress
     from fmaudit.cli.output import print_json
     from fmaudit.passes import distributed
     from fmaudit.results.audit import run_audit
     from fmaudit.results.summary import summary_rows
-
-    from fmaudit import progress
 
     progress.quiet_libraries()
     report_data = run_audit(cfg)
