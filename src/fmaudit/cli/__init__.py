@@ -11,6 +11,7 @@ data, and prints it. Errors are mapped to exit codes here, in one place:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 

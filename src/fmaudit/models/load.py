@@ -124,6 +124,20 @@ def resolve_member(spec: MemberSpec, allow_pickle: bool = False) -> ResolvedMemb
                           manifest=manifest)
 
 
+def init_dir_of(member: ResolvedMember) -> str | None:
+    """The member's untrained initialisation folder: the manifest's ``init`` (relative to the
+    member folder), else ``init/<name>`` beside it (fmaudit train's layout); None if absent."""
+    manifest = member.manifest or {}
+    candidates = []
+    if manifest.get("init"):
+        candidates.append(member.path / manifest["init"])
+    candidates.append(member.path.parent / "init" / member.path.name)
+    for c in candidates:
+        if (c / "config.json").is_file():
+            return str(c.resolve())
+    return None
+
+
 def check_weights(member: ResolvedMember, allow_pickle: bool) -> None:
     """Refuse pickle-only checkpoints unless ``allow_pickle``; refuse folders with no weights."""
     names = {p.name for p in member.path.iterdir()}

@@ -27,6 +27,7 @@ from fmaudit.metrics import (
     usable_rows,
     valid_ks,
 )
+from fmaudit.models.load import init_dir_of
 
 CONTEXT_K = 10
 
@@ -53,8 +54,7 @@ def init_embeddings(init_dir: str | None) -> torch.Tensor | None:
 def static_section(members: list[Any], tokenizer: Any, ks: tuple[int, ...], seed: int) -> dict:
     """The report's ``static_embeddings`` block for one ensemble."""
     mats = [input_embeddings(m.model) for m in members]
-    inits = [init_embeddings(info) for info in
-             ((m.resolved.manifest or {}).get("init_path") or _sibling_init(m) for m in members)]
+    inits = [init_embeddings(init_dir_of(m.resolved)) for m in members]
     have_init = all(e is not None and e.shape == mats[0].shape for e in inits) and len(inits) > 1
     rows = usable_rows(mats + ([e for e in inits if e is not None] if have_init else []),
                        tokenizer.all_special_ids)
@@ -75,13 +75,6 @@ def static_section(members: list[Any], tokenizer: Any, ks: tuple[int, ...], seed
     if len(geos) == 1:  # no pair: the null is not informative either
         null = []
     return summarize_static(pairs, ks_ok, n, null=null, init=init)
-
-
-def _sibling_init(member: Any) -> str | None:
-    """``OUT/init/seed<k>`` beside ``OUT/seed<k>`` (fmaudit train's layout)."""
-    path = member.resolved.path
-    guess = path.parent / "init" / path.name
-    return str(guess) if guess.is_dir() else None
 
 
 def contextual_section(pooled: list[torch.Tensor | None]) -> dict:

@@ -40,6 +40,7 @@ class PredictionResult:
     disagreement: dict
     pooled: list[torch.Tensor] | None  # per member [W, layers, H], windows in id order
     window_ids: list[int] = field(default_factory=list)
+    label_counts: torch.Tensor | None = None  # [V] float64: how often each token was a label
     positions: int = 0
     windows: int = 0
 
@@ -63,6 +64,7 @@ def run_prediction_pass(
     pooled: list[list[torch.Tensor]] = [[] for _ in models]
     pooled_ids: list[torch.Tensor] = []
     counts = torch.zeros(2, dtype=torch.float64)  # windows, positions
+    label_counts = torch.zeros(vocab_size, dtype=torch.float64, device=device)
     with torch.inference_mode():
         for batch in batches:
             batch = batch.to(device, non_blocking=device.type == "cuda")
@@ -87,11 +89,13 @@ def run_prediction_pass(
             if want_hidden and keep is not None and bool(keep.any()):
                 pooled_ids.append(batch.window_ids[keep].cpu())
             counts += torch.tensor([batch.window_ids.numel(), labels.numel()], dtype=torch.float64)
+            label_counts += torch.bincount(labels, minlength=vocab_size).double()
             if progress is not None:
                 progress.update(int(batch.window_ids.numel()))
     for acc in [*preds, disagreement]:
         acc.load_sums(all_reduce_sum(acc.sums()))
     counts = all_reduce_sum(counts)
+    label_counts = all_reduce_sum(label_counts.cpu())
     if counts[1] == 0:
         raise FmauditError("the evaluation set has no predicted positions (check --samples, "
                            "--seq-len and the corpus)")
@@ -113,6 +117,7 @@ def run_prediction_pass(
         disagreement=disagreement.compute(),
         pooled=result_pooled,
         window_ids=window_ids,
+        label_counts=label_counts,
         windows=int(counts[0]),
         positions=int(counts[1]),
     )

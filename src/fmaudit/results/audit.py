@@ -248,12 +248,13 @@ def unigram_reference(corpus: Any, tokenizer: Any, eval_split: str, length: int,
     return counts, source
 
 
-def unigram_cross_entropy(counts: torch.Tensor, labels: torch.Tensor) -> float:
-    """Add-one smoothed unigram model: p(v) = (c_v + 1) / (N + V); cross-entropy in bits of the
-    evaluation labels under it."""
-    vocab = counts.numel()
-    logp = torch.log2((counts + 1.0) / (counts.sum() + vocab))
-    return float(-logp[labels].mean())
+def unigram_cross_entropy(train_counts: torch.Tensor, label_counts: torch.Tensor) -> float:
+    """Add-one smoothed unigram model p(v) = (c_v + 1) / (N + V) fitted on ``train_counts``;
+    its cross-entropy in bits over the evaluated labels, given as their histogram:
+    CE = -sum_v n_v log2 p(v) / sum_v n_v."""
+    vocab = train_counts.numel()
+    logp = torch.log2((train_counts + 1.0) / (train_counts.sum() + vocab))
+    return float(-(label_counts * logp).sum() / label_counts.sum())
 
 
 # ----------------------------------------------------------------------------- the audit
@@ -330,9 +331,7 @@ def run_audit(cfg: AuditConfig) -> dict:
             if "predictions" in cfg.analyses:
                 counts, source = unigram_reference(corpus, tok, split, length, seq_len,
                                                    cfg.samples, cfg.seed)
-                labels = torch.cat([b.labels for b in make_batches()]) if world == 1 else None
-                uce = _unigram_ce_distributed(counts, make_batches) if labels is None \
-                    else unigram_cross_entropy(counts, labels)
+                uce = unigram_cross_entropy(counts, result.label_counts)
                 entry.update(prediction_section(result, uce, source, vocab_size))
             timing[f"{name}.predictions"] = time.perf_counter() - t0
         if "embeddings" in cfg.analyses:
@@ -380,17 +379,6 @@ def _batches_for(texts: list[str], tok: Any, seq_len: int, objective: str, cfg: 
                    batch_size or cfg.batch_size, rank=rank, world=world, limit=limit_windows)
 
 
-def _unigram_ce_distributed(counts: torch.Tensor, make_batches: Any) -> float:
-    """Unigram cross-entropy from per-process sums of -log2 p(label)."""
-    vocab = counts.numel()
-    logp = torch.log2((counts + 1.0) / (counts.sum() + vocab))
-    acc = torch.zeros(2, dtype=torch.float64)
-    for b in make_batches():
-        acc += torch.tensor([float(-logp[b.labels].sum()), b.labels.numel()], dtype=torch.float64)
-    acc = distributed.all_reduce_sum(acc)
-    return float(acc[0] / acc[1])
-
-
 def _corpus_summary(corpus: Any) -> dict:
     summary = corpus.summary()
     keep = ("path", "name", "kind", "fingerprint")
@@ -402,10 +390,7 @@ def _corpus_summary(corpus: Any) -> dict:
 
 def _member_info(m: Member) -> dict:
     manifest = m.resolved.manifest or {}
-    init = manifest.get("init_path")
-    if init is None and m.resolved.source == "local":
-        guess = m.resolved.path.parent / "init" / m.resolved.path.name
-        init = str(guess) if guess.is_dir() else None
+    init = mload.init_dir_of(m.resolved)
     return {
         "id": m.resolved.id,
         "revision": m.resolved.revision,

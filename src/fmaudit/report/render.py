@@ -1,0 +1,60 @@
+"""report.json (a dict) -> report.html, report.md and figures/*.svg, each written atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fmaudit.errors import bad_input
+from fmaudit.io import atomic_dir, atomic_write_text
+from fmaudit.report.html import render_html
+from fmaudit.report.load import check_report
+from fmaudit.report.markdown import render_blocks, render_markdown
+from fmaudit.report.sections import build_document, ensembles_of, summary_section
+
+HTML_NAME = "report.html"
+MD_NAME = "report.md"
+FIGURES_DIR = "figures"
+
+
+def render_report(report: dict[str, Any], out_dir: str | os.PathLike[str], *,
+                  source: str = "report.json") -> dict[str, Path]:
+    """Render ``report`` into ``out_dir``; return ``{relative name: written path}``.
+
+    Keys are ``"report.html"``, ``"report.md"`` and ``"figures/<name>.svg"`` per figure. The
+    figures folder is replaced as a whole, so a re-render leaves no stale figure behind.
+    Re-rendering the same report gives byte-identical files.
+
+    Raises:
+        FmauditError: ``report`` is not a schema_version 1 report (``source`` names it in the
+            message), or ``out_dir`` cannot be written.
+    """
+    report = check_report(report, source)
+    out_dir = Path(out_dir)
+    doc = build_document(report)
+    page = render_html(doc)
+    markdown = render_markdown(doc)
+    written: dict[str, Path] = {}
+    try:
+        with atomic_dir(out_dir / FIGURES_DIR) as tmp:
+            for fig in doc.figures():
+                (tmp / f"{fig.name}.svg").write_text(fig.svg, encoding="utf-8")
+                written[f"{FIGURES_DIR}/{fig.name}.svg"] = out_dir / FIGURES_DIR / f"{fig.name}.svg"
+        atomic_write_text(out_dir / MD_NAME, markdown)
+        atomic_write_text(out_dir / HTML_NAME, page)
+    except OSError as exc:
+        raise bad_input(str(out_dir), f"cannot write the report ({exc.strerror or exc})",
+                        "choose a writable --out folder") from None
+    written[MD_NAME] = out_dir / MD_NAME
+    written[HTML_NAME] = out_dir / HTML_NAME
+    return written
+
+
+def summary_markdown(report: dict[str, Any], *, source: str = "report.json") -> str:
+    """Only the summary table (and the gate verdict) as GitHub Markdown, without figures.
+
+    For a README or ``$GITHUB_STEP_SUMMARY``; the same table ``report.md`` opens with.
+    """
+    report = check_report(report, source)
+    return render_blocks(summary_section(report, ensembles_of(report)).blocks) + "\n"

@@ -1,0 +1,90 @@
+"""User-supplied text (ensemble names, model ids, paths, corpus names, command) stays text."""
+
+from __future__ import annotations
+
+import html as htmllib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from report_checks import (
+    MALICIOUS,
+    external_refs,
+    html_tags,
+    load_fixture,
+    make_malicious,
+    markdown_tables,
+    md_unescape,
+    strip_fences,
+)
+
+from fmaudit.report import render_report
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("malicious")
+    report = make_malicious(load_fixture("report_three.json"))
+    render_report(report, out)
+    return {"out": out, "report": report, "html": (out / "report.html").read_text(),
+            "md": (out / "report.md").read_text(),
+            "svgs": {p.stem: p.read_text() for p in (out / "figures").glob("*.svg")}}
+
+
+def test_html_shows_hostile_names_as_text(rendered: dict[str, Any]) -> None:
+    page = rendered["html"]
+    assert not re.search(r"<\s*script", page, re.IGNORECASE)
+    tags = html_tags(page)
+    names = {t for t, _ in tags}
+    assert names.isdisjoint({"script", "img", "iframe", "b", "object", "embed", "link"})
+    assert not [(t, a) for t, attrs in tags for a in attrs if a.lower().startswith("on")]
+    assert external_refs(page) == []
+    escaped = htmllib.escape(MALICIOUS)
+    assert escaped in page  # shown, as text
+    # In a table cell, the visible text is exactly the name.
+    cells = [htmllib.unescape(c) for c in re.findall(r"<td[^>]*>([^<]*)</td>", page)]
+    assert MALICIOUS in cells
+    assert '"><img src=x onerror=alert(2)>&amp;' in cells
+
+
+def test_svg_figures_escape_legend_text(rendered: dict[str, Any]) -> None:
+    svgs = rendered["svgs"]
+    assert len(svgs) == 7
+    for name, svg in svgs.items():
+        assert not re.search(r"<\s*script|<\s*img", svg, re.IGNORECASE), name
+        texts = [htmllib.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
+        # Every figure has a legend or tick label naming the first ensemble, as text.
+        assert any(MALICIOUS in t for t in texts), name
+    # "$...$" is not parsed as maths: the dollar signs and backslash survive as typed.
+    legend = [htmllib.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>",
+                                                          svgs["disagreement"])]
+    assert any("$\\frac{1}{$" in t for t in legend)
+
+
+def test_markdown_escapes_everything_outside_code(rendered: dict[str, Any]) -> None:
+    md = rendered["md"]
+    prose = strip_fences(md)
+    assert not re.search(r"(?<!\\)<", prose)  # no raw HTML can open
+    assert not re.search(r"(?<!\\)`", prose)  # no inline code span
+    # The only links are our own figure images.
+    links = re.findall(r"(?<!\\)\]\((?P<target>[^)]*)\)", prose)
+    assert links and all(t.startswith("figures/") for t in links)
+    tables = markdown_tables(md)  # escaped pipes keep every row's column count
+    summary = tables[0]
+    names = [md_unescape(r[0]) for r in summary["rows"]]
+    assert names == list(rendered["report"]["ensembles"])
+
+
+def test_markdown_command_is_verbatim_in_a_longer_fence(rendered: dict[str, Any]) -> None:
+    md = rendered["md"]
+    command = rendered["report"]["command"]
+    assert "```" in command
+    fence = re.search(r"^(`{4,})text\n(.*)\n\1$", md, re.MULTILINE)
+    assert fence is not None and fence.group(2) == command
+
+
+def test_untouched_names_are_unchanged(report_three: dict[str, Any], tmp_path: Path) -> None:
+    render_report(report_three, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| dna-kmer " in md and "\\-" not in md.split("## Provenance")[0]
