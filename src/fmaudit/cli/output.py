@@ -25,7 +25,8 @@ def print_json(obj: Any) -> None:
     click.echo(json.dumps(json_safe(obj), indent=2, allow_nan=False))
 
 
-def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], floatfmt: str = ".4g") -> None:
+def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str],
+                floatfmt: str = ".4g") -> None:
     from tabulate import tabulate
 
     click.echo(tabulate(rows, headers=headers, floatfmt=floatfmt, tablefmt="simple"))
