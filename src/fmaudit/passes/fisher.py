@@ -130,28 +130,27 @@ def run_fisher_pass(model: Any, batches: Iterable[EvalBatch], *, estimator: str 
     tokens = torch.zeros(1, dtype=torch.float64)
     for batch in batches:
         batch = batch.to(device)
-        with autocast(device, dtype):
-            logits = work(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         if estimator == "per-token":
             rows, cols, lab_idx = pick_targets(batch, seed)
             if rows.numel() == 0:
                 continue
-            chosen = logits[rows.to(device), cols.to(device)].float()  # [n, V]
-            wids = batch.window_ids[rows.to(device)]
-            y = (batch.labels[lab_idx.to(device)] if labels == "empirical"
-                 else sample_labels(chosen, wids, seed))
-            losses = torch.nn.functional.cross_entropy(chosen, y, reduction="none")  # [n]
-            eye = torch.eye(losses.numel(), device=device, dtype=losses.dtype)
-            grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True,
-                                        allow_unused=True)
-            sq = [torch.zeros((), dtype=torch.float64, device=device) if g is None
-                  else g.double().pow(2).sum() for g in grads]
-            tied_sq = None
-            if tied:
-                gi, go = grads[index[in_name]], grads[index[out_name]]
-                tied_sq = (gi.double() + go.double()).pow(2).sum()
-            n = losses.numel()
+            rows_d, cols_d = rows.to(device), cols.to(device)
+            with torch.no_grad():  # sampled labels need the model's prediction first
+                y = batch.labels[lab_idx.to(device)]
+                if labels == "sampled":
+                    with autocast(device, dtype):
+                        logits = work(input_ids=batch.input_ids[rows_d],
+                                      attention_mask=batch.attention_mask[rows_d]).logits
+                    y = sample_labels(logits[torch.arange(rows.numel(), device=device), cols_d]
+                                      .float(), batch.window_ids[rows_d], seed)
+            sq, tied_sq = per_window_squared_grads(
+                work, names, params, batch.input_ids[rows_d], batch.attention_mask[rows_d],
+                cols_d, y, index.get(in_name), index.get(out_name) if tied else None, device,
+                dtype)
+            n = rows.numel()
         else:
+            with autocast(device, dtype):
+                logits = work(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             chosen = logits[batch.target_mask].float()
             y = (batch.labels if labels == "empirical"
                  else sample_labels(chosen, _row_windows(batch), seed))
@@ -181,6 +180,92 @@ def run_fisher_pass(model: Any, batches: Iterable[EvalBatch], *, estimator: str 
     del work
     return FisherResult(groups=groups, sums=result, sums_tied=result_tied, tokens=n_tokens,
                         tied=tied)
+
+
+def per_window_squared_grads(
+    model: Any, names: list[str], params: list[torch.nn.Parameter], input_ids: torch.Tensor,
+    attention_mask: torch.Tensor, cols: torch.Tensor, labels: torch.Tensor, in_index: int | None,
+    out_index: int | None, device: torch.device, dtype: torch.dtype | None,
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Sum over windows b of (d/dθ -log p(y_b | window b at cols_b))², per parameter.
+
+    Fast path: per-sample gradients from one backward (torch's expanded weights, which cover
+    Linear, Embedding and LayerNorm layers: BERT, RoBERTa, ESM). Models with other parametrised
+    ops (GPT-2's Conv1D, RMSNorm) fall back to one backward per window, the same arithmetic.
+    Also returns the squared sum of the tied matrix's total per-window gradient
+    (input role + output role) when ``out_index`` is given.
+    """
+    if getattr(model, "_fmaudit_expanded_ok", True):
+        try:
+            return _squared_grads_expanded(model, params, input_ids, attention_mask, cols, labels,
+                                           in_index, out_index, device, dtype)
+        except (RuntimeError, NotImplementedError, TypeError):
+            for p in params:
+                if hasattr(p, "grad_sample"):
+                    del p.grad_sample
+            model.zero_grad(set_to_none=True)
+            model._fmaudit_expanded_ok = False  # don't retry on every batch
+    return _squared_grads_loop(model, params, input_ids, attention_mask, cols, labels, in_index,
+                               out_index, device, dtype)
+
+
+def _squared_grads_expanded(model, params, input_ids, attention_mask, cols, labels, in_index,
+                            out_index, device, dtype):
+    from torch.nn.utils._per_sample_grad import call_for_per_sample_grads
+
+    n, length = input_ids.shape
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    # absolute position / token-type embeddings default to a [1, L] buffer; per-sample
+    # gradients need one row per sample (RoBERTa-style models derive them from input_ids)
+    if _uses_default_positions(model):
+        kwargs["position_ids"] = torch.arange(length, device=device).expand(n, length)
+    if getattr(model.config, "type_vocab_size", 0):
+        kwargs["token_type_ids"] = torch.zeros_like(input_ids)
+    with autocast(device, dtype):
+        out = call_for_per_sample_grads(model, batch_size=n, loss_reduction="sum")(**kwargs)
+    chosen = out.logits[torch.arange(n, device=device), cols].float()
+    torch.nn.functional.cross_entropy(chosen, labels, reduction="sum").backward()
+    sq, per_sample = [], []
+    for p in params:
+        gs = getattr(p, "grad_sample", None)
+        if gs is None:
+            sq.append(torch.zeros((), dtype=torch.float64, device=device))
+            per_sample.append(None)
+            continue
+        sq.append(gs.double().pow(2).sum())
+        per_sample.append(gs)
+    tied_sq = None
+    if out_index is not None and in_index is not None:
+        tied_sq = (per_sample[in_index].double() + per_sample[out_index].double()).pow(2).sum()
+    for p in params:
+        if hasattr(p, "grad_sample"):
+            del p.grad_sample
+        p.grad = None
+    return sq, tied_sq
+
+
+def _uses_default_positions(model: Any) -> bool:
+    model_type = getattr(model.config, "model_type", "")
+    return model_type not in ("roberta", "xlm-roberta", "camembert", "esm")
+
+
+def _squared_grads_loop(model, params, input_ids, attention_mask, cols, labels, in_index,
+                        out_index, device, dtype):
+    sq = [torch.zeros((), dtype=torch.float64, device=device) for _ in params]
+    tied_sq = torch.zeros((), dtype=torch.float64, device=device) if out_index is not None \
+        else None
+    for b in range(input_ids.shape[0]):
+        one = slice(b, b + 1)
+        with autocast(device, dtype):
+            logits = model(input_ids=input_ids[one], attention_mask=attention_mask[one]).logits
+        loss = torch.nn.functional.cross_entropy(logits[0, cols[b]].float()[None], labels[one])
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for i, g in enumerate(grads):
+            if g is not None:
+                sq[i] += g.double().pow(2).sum()
+        if tied_sq is not None and in_index is not None:
+            tied_sq += (grads[in_index].double() + grads[out_index].double()).pow(2).sum()
+    return sq, tied_sq
 
 
 def _row_windows(batch: EvalBatch) -> torch.Tensor:

@@ -1,0 +1,254 @@
+"""Benchmark the audit against the models' own compute, and its peak memory.
+
+In one run on the same data it times
+  (a) the members' bare forward passes under inference mode,
+  (b) the prediction + disagreement audit (fmaudit's prediction pass),
+  (c) a bare forward + backward of each member,
+  (d) the Fisher pass (per-token estimator),
+  (e) the static-embedding metrics (all pairs, with the null partner),
+  (f) training through fmaudit's loop and through ``transformers.Trainer`` on the same batches
+      (benchmarks/train_vs_trainer.py),
+and prints the ratios b/a, d/c and f (fmaudit tokens/s over Trainer tokens/s), plus the peak
+resident memory of the audit at each ``--samples`` size, every size in a fresh process.
+
+    python benchmarks/audit_bench.py --size bert-4m --members 5 --samples 64,256
+    python benchmarks/audit_bench.py --size tiny --members 2 --samples 8,32 --json   # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SIZES = {  # hidden, layers, heads, intermediate (the shipped recipes)
+    "tiny": (64, 2, 2, 128),
+    "bert-4m": (256, 6, 8, 512),
+    "bert-20m": (512, 8, 8, 1024),
+    "bert-90m": (768, 12, 12, 3072),
+}
+
+
+def _models(size: str, members: int, vocab: int, seq_len: int, device: Any) -> list[Any]:
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    hidden, layers, heads, inter = SIZES[size]
+    out = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, intermediate_size=inter,
+                         max_position_embeddings=seq_len, attn_implementation="sdpa")
+        out.append(BertForMaskedLM(cfg).eval().to(device))
+    return out
+
+
+def _batches(tok: Any, samples: int, seq_len: int, batch_size: int) -> list[Any]:
+    from fmaudit.corpus import bundled, open_corpus
+    from fmaudit.passes.eval_data import batches
+    from fmaudit.tokenizer import window_chars
+
+    corpus = open_corpus(bundled("dna"), None)
+    length = window_chars(tok, seq_len, corpus)
+    texts = [w.text for w in corpus.windows("all", length=length, n=samples, seed=0,
+                                            allow_fewer=True)]
+    while len(texts) < samples:  # the bundled genome is small: reuse windows for large runs
+        texts += texts[: samples - len(texts)]
+    return list(batches(texts, tok, seq_len, "mlm", 0, 0.15, batch_size))
+
+
+def _timed(fn: Any, device: Any) -> float:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def audit_child(args: dict, queue: Any) -> None:
+    """One ``--samples`` size in a fresh process: timings (a)-(d) and the peak RSS."""
+    import torch
+
+    from fmaudit.passes.device import autocast
+    from fmaudit.passes.fisher import pick_targets, run_fisher_pass
+    from fmaudit.passes.predictions import run_prediction_pass
+    from fmaudit.tokenizer import build_tokenizer
+
+    torch.set_num_threads(args["threads"]) if args["threads"] else None
+    device = torch.device(args["device"])
+    dtype = torch.bfloat16 if args["bf16"] else None
+    tok = build_tokenizer("kmer:6")
+    models = _models(args["size"], args["members"], len(tok), args["seq_len"], device)
+    data = [b.to(device) for b in _batches(tok, args["samples"], args["seq_len"],
+                                           args["batch_size"])]
+    # the Fisher pass has its own, fixed window budget (--fisher-samples in the CLI)
+    fisher_data = [b.to(device) for b in _batches(tok, args["fisher_windows"], args["seq_len"],
+                                                  args["batch_size"])]
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def bare_forward() -> None:
+        with torch.inference_mode():
+            for b in data:
+                for m in models:
+                    with autocast(device, dtype):
+                        m(input_ids=b.input_ids, attention_mask=b.attention_mask)
+
+    def audit() -> None:
+        run_prediction_pass(models, [str(i) for i in range(len(models))], data, len(tok),
+                            [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                            "nucleus", device, dtype)
+
+    def bare_backward() -> None:
+        for b in fisher_data:
+            rows, cols, lab = pick_targets(b, 0)
+            for m in models:
+                m.zero_grad(set_to_none=True)
+                with autocast(device, dtype):
+                    logits = m(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+                loss = torch.nn.functional.cross_entropy(
+                    logits[rows.to(device), cols.to(device)].float(), b.labels[lab.to(device)])
+                loss.backward()
+
+    def fisher() -> None:
+        for m in models:
+            run_fisher_pass(m, fisher_data, device=device, dtype=dtype)
+
+    bare_forward()  # warm-up (allocator, kernels)
+    result = {
+        "samples": args["samples"],
+        "positions": int(sum(b.labels.numel() for b in data)),
+        "a_forward_s": _timed(bare_forward, device),
+        "b_audit_s": _timed(audit, device),
+    }
+    # peak memory of the audit (prediction + disagreement pass), before the Fisher pass
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    result |= {
+        "c_forward_backward_s": _timed(bare_backward, device),
+        "d_fisher_s": _timed(fisher, device),
+        "fisher_windows": int(sum(b.window_ids.numel() for b in fisher_data)),
+    }
+    tokens = sum(int(b.attention_mask.sum()) for b in data) * len(models)
+    result["audit_tokens_per_s"] = tokens / result["b_audit_s"]
+    result["fisher_tokens_per_s"] = (sum(int(b.attention_mask.sum()) for b in fisher_data)
+                                     * len(models) / result["d_fisher_s"])
+    result["rss_before_passes_mb"] = rss_before / 1024
+    result["peak_rss_with_fisher_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(result)
+
+
+def static_embeddings(size: str, members: int, vocab: int = 4101) -> float:
+    """(e): all pairwise static metrics (+ null) for ``members`` random [vocab, hidden] matrices."""
+    import torch
+
+    from fmaudit.metrics import EmbeddingGeometry, compare_embeddings, pair_indices
+
+    hidden = SIZES[size][0]
+    gen = torch.Generator().manual_seed(0)
+    mats = [torch.randn(vocab, hidden, generator=gen) for _ in range(members)]
+    t0 = time.perf_counter()
+    geos = [EmbeddingGeometry(m) for m in mats]
+    for i, j in pair_indices(members):
+        compare_embeddings(geos[i], geos[j], [1, 3, 5, 10, 20, 50, 100, 1000])
+        compare_embeddings(geos[i], geos[j].permuted(gen), [1, 3, 5, 10, 20, 50, 100, 1000])
+    return time.perf_counter() - t0
+
+
+def training(recipe: str, steps: int) -> dict | None:
+    """(f): fmaudit's loop vs transformers.Trainer on the same batches."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        import train_vs_trainer
+    except ImportError:
+        return None
+    return train_vs_trainer.compare(recipe, steps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="bert-4m")
+    parser.add_argument("--members", type=int, default=5)
+    parser.add_argument("--samples", default="64,256", help="two window counts")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--fisher-windows", type=int, default=16)
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--train-recipe", default="tiny")
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.samples.split(",")]
+    runs = []
+    ctx = mp.get_context("spawn")
+    for samples in sizes:
+        queue = ctx.Queue()
+        child = ctx.Process(target=audit_child, args=({
+            "size": args.size, "members": args.members, "samples": samples,
+            "seq_len": args.seq_len, "batch_size": args.batch_size,
+            "fisher_windows": args.fisher_windows, "device": args.device, "bf16": args.bf16,
+            "threads": args.threads}, queue))
+        child.start()
+        runs.append(queue.get())
+        child.join()
+        if child.exitcode != 0:
+            print(f"benchmark child failed for --samples {samples}", file=sys.stderr)
+            return 1
+    out = {
+        "size": args.size, "members": args.members, "seq_len": args.seq_len,
+        "batch_size": args.batch_size, "device": args.device, "bf16": args.bf16, "runs": runs,
+        "ratio_audit_over_forward": [r["b_audit_s"] / r["a_forward_s"] for r in runs],
+        "ratio_fisher_over_backward": [r["d_fisher_s"] / r["c_forward_backward_s"]
+                                       for r in runs],
+        "peak_rss_growth": runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"] - 1.0,
+        "static_embeddings_s": static_embeddings(args.size, args.members),
+    }
+    if not args.skip_training:
+        out["training"] = training(args.train_recipe, args.train_steps)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    from tabulate import tabulate
+
+    rows = [[r["samples"], r["positions"], f"{r['a_forward_s']:.3f}", f"{r['b_audit_s']:.3f}",
+             f"{r['b_audit_s'] / r['a_forward_s']:.2f}", f"{r['c_forward_backward_s']:.3f}",
+             f"{r['d_fisher_s']:.3f}", f"{r['d_fisher_s'] / r['c_forward_backward_s']:.2f}",
+             f"{r['peak_rss_mb']:.0f}"] for r in runs]
+    print(f"{args.size}, {args.members} members, seq_len {args.seq_len}, device {args.device}")
+    print(tabulate(rows, headers=["samples", "positions", "(a) fwd s", "(b) audit s", "b/a",
+                                  "(c) fwd+bwd s", "(d) fisher s", "d/c", "peak RSS MB"]))
+    print(f"peak RSS growth from {sizes[0]} to {sizes[-1]} samples: "
+          f"{out['peak_rss_growth']:+.1%}")
+    print(f"(e) static-embedding metrics, {args.members} members x 4101 x "
+          f"{SIZES[args.size][0]}: {out['static_embeddings_s']:.2f} s")
+    tr = out.get("training")
+    if tr:
+        print(f"(f) training tokens/s: fmaudit {tr['fmaudit_tokens_per_s']:.0f}, Trainer "
+              f"{tr['trainer_tokens_per_s']:.0f}, ratio {tr['ratio']:.2f}")
+    return 0
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
