@@ -240,3 +240,92 @@ def test_same_seed_same_report(tmp_path, genome, capsys):
     r3 = audit(members, genome, tmp_path / "o3", capsys, "--seed", "1")
     assert _comparable(r1) == _comparable(r2)
     assert _comparable(r1) != _comparable(r3)
+
+
+def test_hub_revision_is_resolved_to_its_commit(tmp_path, genome, capsys, monkeypatch):
+    paths = save_family(tmp_path / "fam", "bert", seeds=(0, 1))
+    cache = tmp_path / "hub"
+    add_to_hub_cache(cache, "org/tiny", paths[0], revision="main")
+    v1 = add_to_hub_cache(cache, "org/tiny", paths[1], revision="v1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rep = audit(["org/tiny@v1"], genome, tmp_path / "out", capsys, "--analyses", "predictions")
+    member = rep["ensembles"]["model"]["members"][0]
+    assert member["id"] == "org/tiny@v1" and member["revision"] == v1
+
+
+def test_unreachable_hub_retries_then_exit_2(tmp_path, genome, capsys, monkeypatch):
+    # a closed port on loopback: connection refused, never a real network request
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("fmaudit.models.load.time.sleep", lambda s: None)
+    code, _, err = run(["report", "org/unreachable", "--corpus", str(genome)], capsys)
+    assert code == 2 and "org/unreachable" in err and "3 tries" in err
+
+
+def test_gate_in_one_go(tmp_path, genome, capsys):
+    members = [str(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0, 1))]
+    strict = tmp_path / "strict.toml"
+    strict.write_text('[[check]]\nmetric = "entropy.normalized"\nmax = 0.5\n')
+    code, _, err = run(["report", *members, "--corpus", str(genome), "--samples", "6",
+                        "--seq-len", "16", "--analyses", "predictions", "--gate", str(strict),
+                        "--out", str(tmp_path / "o")], capsys)
+    assert code == 1, err  # random models are near uniform: above 0.5
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["gate"]["passed"] is False
+    assert rep["gate"]["checks"][0]["value"] == rep["ensembles"]["model"]["entropy"][
+        "normalized"]["mean"]
+    lenient = tmp_path / "lenient.toml"
+    lenient.write_text('[[check]]\nmetric = "entropy.normalized"\nmax = 1.0\n')
+    code, _, err = run(["report", *members, "--corpus", str(genome), "--samples", "6",
+                        "--seq-len", "16", "--analyses", "predictions", "--gate", str(lenient)],
+                       capsys)
+    assert code == 0, err
+
+
+def test_bad_policy_fails_before_compute(tmp_path, genome, capsys):
+    members = [str(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0,))]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[check]]\nmetric = "entropy.normalized"\nmaximum = 0.5\n')
+    code, _, err = run(["report", *members, "--corpus", str(genome), "--gate", str(bad),
+                        "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "maximum" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_live_audit_renders_html_and_markdown(tmp_path, genome, capsys):
+    members = [str(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0, 1))]
+    out = tmp_path / "out"
+    code, _, err = run(["report", "--ensemble", "dna<b>=" + " ".join(members),
+                        "--corpus", str(genome), "--samples", "8", "--seq-len", "24",
+                        "--fisher-samples", "4", "--k", "1,5", "--out", str(out)], capsys)
+    assert code == 0, err
+    html = (out / "report.html").read_text()
+    assert "dna&lt;b&gt;" in html and "dna<b>" not in html and "<script" not in html
+    md = (out / "report.md").read_text()
+    assert "dna\\<b\\>" in md or "dna&lt;b&gt;" in md
+    assert sorted(p.name for p in (out / "figures").iterdir())
+    # re-rendering from the JSON alone gives the same page
+    before = html
+    code, _, err = run(["render", str(out / "report.json")], capsys)
+    assert code == 0, err
+    assert (out / "report.html").read_text() == before
+
+
+def test_ensembles_side_by_side_with_their_own_corpora(tmp_path, genome, capsys):
+    dna = [str(p) for p in save_family(tmp_path / "dna", "bert", seeds=(0, 1))]
+    txt = [str(p) for p in save_family(tmp_path / "txt", "bert", seeds=(0, 1), tokenizer="char")]
+    text = tmp_path / "t.txt"
+    text.write_text("\n\n".join("the quick brown fox jumps over the lazy dog " * 40
+                                for _ in range(4)))
+    out = tmp_path / "out"
+    code, _, err = run(["report", "--ensemble", "dna=" + ",".join(dna),
+                        "--ensemble", "text=" + ",".join(txt), "--corpus", f"dna={genome}",
+                        "--corpus", f"text={text}", "--samples", "6", "--seq-len", "24",
+                        "--analyses", "predictions", "--out", str(out)], capsys)
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert list(rep["ensembles"]) == ["dna", "text"]
+    assert rep["ensembles"]["dna"]["corpus"]["kind"] == "dna"
+    assert rep["ensembles"]["text"]["corpus"]["kind"] == "text"

@@ -74,7 +74,8 @@ def _hub_download(spec: MemberSpec, allow_pickle: bool, retries: int = 3) -> Pat
         try:
             return Path(snapshot_download(spec.source, revision=spec.revision,
                                           allow_patterns=patterns, cache_dir=_cache_dir(),
-                                          local_files_only=_offline()))
+                                          local_files_only=_offline(),
+                                          endpoint=os.environ.get("HF_ENDPOINT") or None))
         except RevisionNotFoundError:
             raise FmauditError(f"{spec.label}: revision {spec.revision!r} not found on the Hub") \
                 from None
@@ -92,7 +93,10 @@ def _hub_download(spec: MemberSpec, allow_pickle: bool, retries: int = 3) -> Pat
             last = LocalEntryNotFoundError(str(spec.label))
         except HFValidationError as exc:
             raise FmauditError(f"{spec.label}: not a valid Hub id ({exc})") from None
-        except OSError as exc:  # connection errors surface as OSError subclasses
+        except Exception as exc:  # connection errors: OSError or httpx transport errors
+            if "HTTPStatusError" in type(exc).__name__ or getattr(exc, "response", None):
+                raise FmauditError(f"{spec.label}: the Hub answered with an error ({exc})") \
+                    from None
             last = exc
         time.sleep(min(2.0 ** attempt, 5.0))
     raise FmauditError(f"{spec.label}: could not reach the Hub after {retries} tries ({last}); "

@@ -1,0 +1,40 @@
+"""The benchmark in its CI-sized form: it runs, its ratios are computed from its own timings,
+and the audit's peak memory (measured RSS, a fresh process per size) stays flat when the number
+of evaluated windows grows 4x."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_small_form_and_flat_memory():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "audit_bench.py"), "--size", "tiny",
+         "--members", "2", "--samples", "16,64", "--seq-len", "64", "--fisher-windows", "8",
+         "--skip-training", "--json"],
+        capture_output=True, text=True, timeout=600, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    small, large = out["runs"]
+    assert (small["samples"], large["samples"]) == (16, 64)
+    assert large["positions"] > 3 * small["positions"]
+    for run, ratio in zip(out["runs"], out["ratio_audit_over_forward"], strict=True):
+        assert ratio == pytest.approx(run["b_audit_s"] / run["a_forward_s"])
+        assert run["a_forward_s"] > 0 and run["d_fisher_s"] > 0
+    assert out["static_embeddings_s"] > 0
+    # the audit never holds [members x positions x vocab]: 4x the windows, < 10% more memory
+    assert large["peak_rss_mb"] < 1.10 * small["peak_rss_mb"], out
+
+
+def _env() -> dict:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
