@@ -1,0 +1,376 @@
+"""Disagreement between ensemble members on the same positions.
+
+For every pair of members (i < j) and every top-p level, the Jensen-Shannon distance between
+their top-p-truncated predictive distributions, and whether their top-1 predictions agree.
+All arithmetic is float64. :class:`DisagreementAccumulator` keeps only sums, so its memory does
+not depend on the number of positions, and merges across processes like every accumulator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from fmaudit.metrics.base import EmptyAccumulatorError, SumAccumulator
+from fmaudit.metrics.prediction import _log_probs
+from fmaudit.metrics.stats import mean_std_pairs, pair_indices
+
+__all__ = [
+    "TOP_P_RULES",
+    "DisagreementAccumulator",
+    "argmax_agreement",
+    "js_distance",
+    "truncate_top_p",
+]
+
+TOP_P_RULES = ("nucleus", "paper")
+LN2 = math.log(2.0)
+
+# Divergences (bits) below this are recomputed from probability ratios (see _js_divergence_bits).
+_EXACT_BELOW = 1e-7
+
+# Positions per internal chunk. On CPU one [chunk, V] float64 tensor stays ~2 MiB, so the many
+# temporaries are recycled by the allocator instead of being fresh (page-faulting) mappings;
+# on an accelerator larger chunks mean fewer kernel launches.
+_CHUNK_ELEMENTS = 1 << 18
+_CHUNK_ELEMENTS_ACCELERATOR = 1 << 22
+
+
+def _check_probs(probs: torch.Tensor, name: str = "probs") -> torch.Tensor:
+    if probs.dim() != 2 or not probs.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor [N, V], got {tuple(probs.shape)} "
+                         f"{probs.dtype}")
+    if probs.device.type == "mps":  # no float64 on Apple GPUs
+        probs = probs.cpu()
+    probs = probs.detach().to(torch.float64)
+    if not bool(torch.isfinite(probs).all()) or bool((probs < 0).any()):
+        raise ValueError(f"{name} must be finite and non-negative")
+    if probs.shape[0] and not bool((probs.sum(dim=-1) > 0).all()):
+        raise ValueError(f"{name} has a row with zero total mass")
+    return probs
+
+
+def _check_p(p: float, rule: str) -> float:
+    if rule not in TOP_P_RULES:
+        raise ValueError(f"top-p rule must be one of {TOP_P_RULES}, got {rule!r}")
+    p = float(p)
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top-p must be in (0, 1], got {p}")
+    return p
+
+
+class _Sorted(NamedTuple):
+    """One sort of a batch of distributions, reused for every top-p level."""
+
+    probs: torch.Tensor  # float64 [N, V]
+    rank: torch.Tensor  # long [N, V]: each token's position in the descending order
+    cum: torch.Tensor  # float64 [N, V]: inclusive cumulative mass / row total, in that order
+
+
+def _stable_sort_desc(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.sort(x, dim=1, descending=True, stable=True)``: equal values keep the lower
+    token id first, so identical rows always get identical orders.
+
+    On CPU numpy's vectorised quicksort is ~5x faster; its order among equal values is
+    arbitrary, so the (rare) rows containing equal values are re-sorted stably.
+    """
+    if x.device.type != "cpu":
+        return torch.sort(x, dim=1, descending=True, stable=True)
+    order = torch.from_numpy(np.argsort(-x.numpy(), axis=1))
+    values = x.gather(1, order)
+    tied = (values[:, 1:] == values[:, :-1]).any(dim=1)
+    if bool(tied.any()):
+        values[tied], order[tied] = torch.sort(x[tied], dim=1, descending=True, stable=True)
+    return values, order
+
+
+def _sort_desc(probs64: torch.Tensor) -> _Sorted:
+    """Sort rows descending (stable: see :func:`_stable_sort_desc`).
+
+    ``cum`` is divided by the row total, so a float32 row summing to 1 + eps is judged on its
+    own mass, and its last entry is exactly 1.
+    """
+    n, vocab = probs64.shape
+    sorted_p, order = _stable_sort_desc(probs64)
+    cum = sorted_p.cumsum(dim=-1)
+    cum /= cum[:, -1:].clone()
+    positions = torch.arange(vocab, device=probs64.device).expand(n, vocab)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
+    return _Sorted(probs64, rank, cum)
+
+
+def _kept_counts(cum: torch.Tensor, p: float, rule: str) -> torch.Tensor:
+    """How many of the top tokens each row keeps, long ``[N]`` (in ``[1, V]``).
+
+    Both rules keep a prefix of the sorted tokens because ``cum`` is non-decreasing:
+    nucleus keeps token j iff ``cum[j-1] < p`` (``cum[-1] = 0``), i.e. ``1 + #{j: cum[j] < p}``
+    tokens (the last ``cum`` is exactly 1 > p); paper keeps ``max(1, #{j: cum[j] <= p})``.
+    """
+    n, vocab = cum.shape
+    if p >= 1.0:  # every token, exactly: no float comparison against 1
+        return torch.full((n,), vocab, dtype=torch.long, device=cum.device)
+    target = torch.full((n, 1), p, dtype=cum.dtype, device=cum.device)
+    if rule == "nucleus":
+        return (torch.searchsorted(cum, target, right=False)[:, 0] + 1).clamp_(max=vocab)
+    return torch.searchsorted(cum, target, right=True)[:, 0].clamp_(min=1)
+
+
+def _truncate_sorted(s: _Sorted, p: float, rule: str) -> torch.Tensor:
+    """Truncate given :func:`_sort_desc` output; returns renormalised float64 ``[N, V]``."""
+    if p >= 1.0:
+        kept = s.probs
+    else:
+        kept_counts = _kept_counts(s.cum, p, rule)
+        kept = torch.where(s.rank < kept_counts[:, None], s.probs, 0.0)
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def truncate_top_p(probs: torch.Tensor, p: float, rule: str = "nucleus") -> torch.Tensor:
+    """Keep the most probable tokens holding mass p, set the rest to 0, renormalise.
+
+    With tokens sorted by descending probability (stable sort) and ``c_j`` the cumulative mass
+    of the first j+1 tokens divided by the row total (float64):
+
+    * ``"nucleus"``: keep token j iff ``c_{j-1} < p`` (``c_{-1} = 0``): the smallest prefix whose
+      mass reaches p (Holtzman et al. 2020).
+    * ``"paper"``: keep token j iff ``c_j <= p``, and always the top token.
+
+    ``p = 1`` keeps every token exactly (no float comparison against 1 is made).
+
+    Args:
+        probs: non-negative float ``[N, V]`` rows (normally summing to 1).
+        p: mass to keep, ``0 < p <= 1``. rule: ``"nucleus"`` or ``"paper"``.
+
+    Returns:
+        float64 ``[N, V]``, each row summing to 1.
+
+    Raises:
+        ValueError: bad shape, negative/non-finite values, a zero row, p outside (0, 1] or an
+            unknown rule.
+
+    Example:
+        >>> truncate_top_p(torch.tensor([[0.5, 0.3, 0.2]]), 0.6).round(decimals=6).tolist()
+        [[0.625, 0.375, 0.0]]
+    """
+    p = _check_p(p, rule)
+    probs64 = _check_probs(probs)
+    if probs64.shape[0] == 0:
+        return probs64
+    return _truncate_sorted(_sort_desc(probs64), p, rule)
+
+
+def _neg_entropy_nats(p: torch.Tensor) -> torch.Tensor:
+    """``sum_v p_v ln p_v`` per row (``0 ln 0 = 0``), float64 ``[N]``."""
+    return -torch.special.entr(p).sum(dim=-1)
+
+
+def _js_divergence_exact_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``1/2 sum p log2(p/m) + 1/2 sum q log2(q/m)`` from the ratios, terms with ``p = 0``
+    taken as 0 (``m`` may be 0 there too), as scipy's ``rel_entr``: accurate for nearly
+    identical rows, about three times slower than :func:`_js_divergence_bits`."""
+    m = 0.5 * (p + q)
+    kl_p = torch.where(p > 0, p * torch.log(p / m), 0.0).sum(dim=-1)
+    kl_q = torch.where(q > 0, q * torch.log(q / m), 0.0).sum(dim=-1)
+    return 0.5 * (kl_p + kl_q) / LN2
+
+
+def _js_divergence_bits(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    neg_h_p: torch.Tensor,
+    neg_h_q: torch.Tensor,
+    buffer: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Base-2 JS divergence of rows summing to 1, float64 ``[N]``.
+
+    ``JSD = H(m) - (H(p) + H(q)) / 2`` with ``m = (p + q) / 2``; since ``sum (p + q) = 2``,
+    ``H(m) = ln 2 - 1/2 sum s ln s`` with ``s = p + q``. ``neg_h_x = sum x ln x`` is computed
+    once per member, so a pair costs one pass over ``[N, V]`` (into ``buffer`` when given,
+    to spare an allocation). The difference of entropies loses ~1e-15 absolute, so rows below
+    ``_EXACT_BELOW`` bits are recomputed from the ratios (:func:`_js_divergence_exact_bits`):
+    nearly identical rows stay accurate.
+    """
+    s = torch.add(p, q, out=buffer) if buffer is not None else p + q
+    entropy_s = torch.special.entr(s, out=s).sum(dim=-1)  # -sum s ln s
+    js = (LN2 + 0.5 * entropy_s + 0.5 * (neg_h_p + neg_h_q)) / LN2
+    close = js < _EXACT_BELOW
+    if bool(close.any()):
+        js[close] = _js_divergence_exact_bits(p[close], q[close])
+    return js
+
+
+def js_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon distance, base 2: ``sqrt(JSD_2(p_n, q_n))`` per row.
+
+    ``JSD_2(p, q) = 1/2 sum_v p_v log2(p_v / m_v) + 1/2 sum_v q_v log2(q_v / m_v)`` with
+    ``m = (p + q) / 2`` and ``0 log 0 = 0``. Rows are first normalised to sum 1 (as scipy
+    does). The divergence is clamped to ``[0, 1]`` before the square root, so identical or
+    nearly identical rows give ~0, never NaN. Equals
+    ``scipy.spatial.distance.jensenshannon(p, q, base=2)`` row by row.
+
+    Args:
+        p, q: non-negative float ``[N, V]``, no zero row.
+
+    Returns:
+        float64 ``[N]`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: shapes differ, bad shape, negative/non-finite values or a zero row.
+    """
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and "
+                         f"{tuple(q.shape)}")
+    p64 = _check_probs(p, "p")
+    q64 = _check_probs(q, "q").to(p64.device)
+    p64 = p64 / p64.sum(dim=-1, keepdim=True)
+    q64 = q64 / q64.sum(dim=-1, keepdim=True)
+    js = _js_divergence_bits(p64, q64, _neg_entropy_nats(p64), _neg_entropy_nats(q64))
+    return js.clamp(0.0, 1.0).sqrt()
+
+
+def argmax_agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """``argmax_v a_nv == argmax_v b_nv`` as bool ``[N]`` (ties: the lowest token id wins).
+
+    Raises:
+        ValueError: shapes differ or are not ``[N, V]``.
+    """
+    if logits_a.shape != logits_b.shape or logits_a.dim() != 2:
+        raise ValueError(f"logits must both be [N, V], got {tuple(logits_a.shape)} and "
+                         f"{tuple(logits_b.shape)}")
+    return logits_a.argmax(dim=-1) == logits_b.argmax(dim=-1).to(logits_a.device)
+
+
+class DisagreementAccumulator(SumAccumulator):
+    """Streaming inter-member disagreement over the same predicted positions.
+
+    For each pair ``(i, j)``, ``i < j`` of the ``n_members`` members and each ``p`` in
+    ``top_ps`` it sums ``JS_distance(trunc_p(P_i), trunc_p(P_j))`` over positions, and for each
+    pair the number of positions where the top-1 predictions agree. Float64 sums laid out as
+    ``[n, js[pair, p] (row-major), agree[pair]]``.
+
+    :meth:`compute` returns, per p, the mean over positions and pairs and the sample std
+    (ddof=1) of the per-pair means; with one member there is no pair and every value is
+    ``None`` (not applicable, not zero).
+
+    Args:
+        n_members: ensemble size (>= 1). top_ps: levels in (0, 1]. rule: ``"nucleus"`` or
+            ``"paper"`` (see :func:`truncate_top_p`).
+
+    Example:
+        >>> acc = DisagreementAccumulator(2, [0.5, 1.0])
+        >>> logits = torch.randn(3, 10)
+        >>> acc.update([logits, logits])
+        >>> acc.compute()["js_distance"][1]
+        {'top_p': 1.0, 'mean': 0.0, 'std': None}
+    """
+
+    def __init__(self, n_members: int, top_ps: Sequence[float], rule: str = "nucleus") -> None:
+        if n_members < 1:
+            raise ValueError(f"n_members must be >= 1, got {n_members}")
+        if not top_ps:
+            raise ValueError("top_ps must name at least one level")
+        self.n_members = int(n_members)
+        self.rule = rule
+        self.top_ps = tuple(_check_p(p, rule) for p in top_ps)
+        self.pairs = pair_indices(self.n_members)
+        n_pairs, n_ps = len(self.pairs), len(self.top_ps)
+        super().__init__(1 + n_pairs * n_ps + n_pairs)
+
+    def _config(self) -> dict:
+        return {"n_members": self.n_members, "top_ps": list(self.top_ps), "rule": self.rule}
+
+    def _views(self, sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n_pairs, n_ps = len(self.pairs), len(self.top_ps)
+        js = sums[1 : 1 + n_pairs * n_ps].view(n_pairs, n_ps)
+        agree = sums[1 + n_pairs * n_ps :]
+        return sums[0:1], js, agree
+
+    def update(self, member_logits: Sequence[torch.Tensor]) -> None:
+        """Add one batch: ``member_logits[m]`` is member m's ``[N, V]`` logits for the SAME
+        N positions in the same order.
+
+        Raises:
+            ValueError: wrong number of members or mismatched shapes.
+            NonFiniteLogitsError: NaN/inf logits.
+        """
+        if len(member_logits) != self.n_members:
+            raise ValueError(f"expected logits of {self.n_members} members, got "
+                             f"{len(member_logits)}")
+        shapes = {tuple(t.shape) for t in member_logits}
+        if len(shapes) != 1:
+            raise ValueError(f"members' logits must have one shape, got {sorted(shapes)}")
+        if member_logits[0].dim() != 2:
+            raise ValueError(f"logits must be [N, V], got {tuple(member_logits[0].shape)}")
+        n, vocab = member_logits[0].shape
+        on_cpu = member_logits[0].device.type == "cpu"
+        step = max(1, (_CHUNK_ELEMENTS if on_cpu else _CHUNK_ELEMENTS_ACCELERATOR) // max(vocab, 1))
+        for start in range(0, n, step):
+            self._update_chunk([t[start : start + step] for t in member_logits])
+
+    def _update_chunk(self, member_logits: Sequence[torch.Tensor]) -> None:
+        probs = [_log_probs(t).exp() for t in member_logits]  # float64 [n, V] each
+        device = probs[0].device
+        probs = [pr.to(device) for pr in probs]
+        top1 = [t.argmax(dim=-1).to(device) for t in member_logits]  # as argmax_agreement
+        batch = torch.zeros_like(self._sums, device=device)
+        count, js, agree = self._views(batch)
+        count += probs[0].shape[0]
+        if self.pairs:
+            for k, (i, j) in enumerate(self.pairs):
+                agree[k] = (top1[i] == top1[j]).sum()
+            sorted_rows = [_sort_desc(pr) for pr in probs]  # one sort per member per chunk
+            buffer = torch.empty_like(probs[0])
+            for c, p in enumerate(self.top_ps):
+                trunc = [_truncate_sorted(sr, p, self.rule) for sr in sorted_rows]
+                neg_h = [_neg_entropy_nats(t) for t in trunc]
+                for k, (i, j) in enumerate(self.pairs):
+                    js_bits = _js_divergence_bits(trunc[i], trunc[j], neg_h[i], neg_h[j], buffer)
+                    js[k, c] = js_bits.clamp(0.0, 1.0).sqrt().sum()
+        self._sums += batch.cpu()
+
+    def compute(self) -> dict:
+        """``{"top_p_rule", "pairs", "positions", "js_distance": [{"top_p", "mean", "std"}],
+        "argmax_agreement": {"mean", "std"}}``; means over positions and pairs, std over the
+        per-pair means (ddof=1; ``None`` with fewer than two pairs; everything ``None`` with one
+        member).
+
+        Raises:
+            EmptyAccumulatorError: nothing accumulated.
+        """
+        count, js, agree = self._views(self._sums)
+        n = float(count[0])
+        if n <= 0:
+            raise EmptyAccumulatorError("no predicted positions were accumulated")
+        per_pair_js = js / n  # [pairs, p]
+        per_pair_agree = agree / n
+        return {
+            "top_p_rule": self.rule,
+            "pairs": len(self.pairs),
+            "positions": round(n),
+            "js_distance": [
+                {"top_p": p, **mean_std_pairs(per_pair_js[:, c].tolist())}
+                for c, p in enumerate(self.top_ps)
+            ],
+            "argmax_agreement": mean_std_pairs(per_pair_agree.tolist()),
+        }
+
+    def pair_means(self) -> dict:
+        """Per-pair means, for inspection: ``{"pairs": [[i, j], ...], "js_distance":
+        [[per p] per pair], "argmax_agreement": [per pair]}``.
+
+        Raises:
+            EmptyAccumulatorError: nothing accumulated.
+        """
+        count, js, agree = self._views(self._sums)
+        n = float(count[0])
+        if n <= 0:
+            raise EmptyAccumulatorError("no predicted positions were accumulated")
+        return {
+            "pairs": [list(pair) for pair in self.pairs],
+            "js_distance": (js / n).tolist(),
+            "argmax_agreement": (agree / n).tolist(),
+        }

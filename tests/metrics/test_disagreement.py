@@ -1,0 +1,237 @@
+"""Top-p truncation, Jensen-Shannon distance and the disagreement accumulator against slow
+Python/scipy references."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import scipy.special
+from scipy.spatial.distance import jensenshannon
+
+import fmaudit.metrics.disagreement as disagreement
+from fmaudit.metrics import (
+    DisagreementAccumulator,
+    EmptyAccumulatorError,
+    NonFiniteLogitsError,
+    argmax_agreement,
+    js_distance,
+    truncate_top_p,
+)
+
+torch = pytest.importorskip("torch")
+
+
+def slow_truncate(row: list[float], p: float, rule: str) -> list[float]:
+    """One row, token by token (Python's sort is stable: ties keep the lower id first)."""
+    total = math.fsum(row)
+    order = sorted(range(len(row)), key=lambda v: -row[v])
+    keep, mass = set(), 0.0
+    for rank, v in enumerate(order):
+        if p >= 1:
+            keep.add(v)
+            continue
+        if rule == "nucleus":
+            if mass / total >= p:
+                break
+            keep.add(v)
+            mass += row[v]
+        else:
+            mass += row[v]
+            if mass / total > p and rank > 0:
+                break
+            keep.add(v)
+    kept = [row[v] if v in keep else 0.0 for v in range(len(row))]
+    z = math.fsum(kept)
+    return [x / z for x in kept]
+
+
+def random_probs(n: int, v: int, seed: int, zeros: bool = True) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(v, 0.5), size=n)
+    if zeros:
+        p[rng.random(p.shape) < 0.2] = 0.0
+        p[:, 0] += 1e-3  # no all-zero row
+    return torch.from_numpy(p / p.sum(axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("rule", ["nucleus", "paper"])
+def test_truncation_matches_slow_loop(rule):
+    probs = random_probs(30, 15, seed=1)
+    probs[0] = torch.full((15,), 1 / 15, dtype=torch.float64)  # all tied
+    probs[1, :4] = 0.25  # ties at the boundary
+    probs[1, 4:] = 0.0
+    for p in (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.999, 1.0):
+        fast = truncate_top_p(probs, p, rule)
+        slow = [slow_truncate(row, p, rule) for row in probs.tolist()]
+        np.testing.assert_allclose(fast.numpy(), np.array(slow), rtol=1e-12, atol=0, err_msg=str(p))
+
+
+def test_rules_differ_as_documented():
+    row = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+    # nucleus keeps the smallest prefix reaching p; paper keeps tokens with cum <= p.
+    assert (truncate_top_p(row, 0.6, "nucleus") > 0).sum() == 2
+    assert (truncate_top_p(row, 0.6, "paper") > 0).sum() == 1
+    assert (truncate_top_p(row, 0.01, "paper") > 0).sum() == 1  # at least the top token
+
+
+@pytest.mark.parametrize("scale", [1 + 3e-6, 1 - 3e-6])
+@pytest.mark.parametrize("rule", ["nucleus", "paper"])
+def test_p_one_keeps_every_token_of_float32_rows_not_summing_to_one(scale, rule):
+    gen = torch.Generator().manual_seed(2)
+    probs = torch.softmax(torch.randn(8, 500, generator=gen) * 4, dim=1) * scale  # float32
+    out = truncate_top_p(probs, 1.0, rule)
+    assert bool((out > 0).all())
+    expected = probs.double() / probs.double().sum(dim=1, keepdim=True)
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-12)
+
+
+def test_identical_rows_truncate_identically_even_with_ties():
+    row = torch.tensor([0.2, 0.1, 0.2, 0.1, 0.2, 0.2], dtype=torch.float64)
+    probs = row.repeat(4, 1)
+    for p in (0.3, 0.5, 0.7):
+        out = truncate_top_p(probs, p)
+        assert all(torch.equal(out[0], out[i]) for i in range(4))
+
+
+def test_truncation_rejects_bad_arguments():
+    probs = random_probs(2, 5, seed=0)
+    for p in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError):
+            truncate_top_p(probs, p)
+    with pytest.raises(ValueError):
+        truncate_top_p(probs, 0.5, rule="top-k")
+    with pytest.raises(ValueError):
+        truncate_top_p(-probs, 0.5)
+
+
+def test_js_distance_matches_scipy():
+    p, q = random_probs(60, 30, seed=3), random_probs(60, 30, seed=4)
+    ours = js_distance(p, q).numpy()
+    np.testing.assert_allclose(ours, jensenshannon(p.numpy(), q.numpy(), base=2, axis=1),
+                               rtol=1e-9)
+    assert np.all((ours >= 0) & (ours <= 1))
+    np.testing.assert_allclose(ours, js_distance(q, p).numpy(), rtol=1e-12)  # symmetric
+
+
+def test_js_distance_identical_zero_near_identical_small_disjoint_one():
+    p = random_probs(20, 40, seed=5)
+    assert torch.equal(js_distance(p, p), torch.zeros(20, dtype=torch.float64))
+    noise = torch.from_numpy(np.random.default_rng(6).normal(size=p.shape))
+    for eps in (1e-12, 1e-9):  # below float64 resolution: scipy returns NaN here
+        q = p * (1 + eps * noise)
+        near = js_distance(p, q / q.sum(dim=1, keepdim=True))
+        assert bool(torch.isfinite(near).all()) and float(near.max()) < 1e-6
+    # A resolvable small difference matches the second-order expansion
+    # JSD ~ sum (p - q)^2 / (8 m ln 2), m = (p + q) / 2.
+    q = p * (1 + 3e-6 * noise)
+    q = q / q.sum(dim=1, keepdim=True)
+    m = (p + q) / 2
+    ratio = torch.where(m > 0, (p - q) ** 2 / m, torch.zeros_like(m))
+    expected = (ratio.sum(dim=1) / (8 * math.log(2))).sqrt()
+    np.testing.assert_allclose(js_distance(p, q).numpy(), expected.numpy(), rtol=1e-3)
+    a = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0, 0.3, 0.7]])
+    assert float(js_distance(a, b)[0]) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_argmax_agreement():
+    a = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 5.0, 1.0], [0.0, 1.0, 0.0]])
+    assert argmax_agreement(a, b).tolist() == [True, False]
+
+
+def brute_force_disagreement(members, top_ps, rule):
+    """Per pair, per position: scipy JS of slowly truncated softmax rows."""
+    probs = [scipy.special.softmax(m.double().numpy(), axis=1) for m in members]
+    pairs = list(itertools.combinations(range(len(members)), 2))
+    js = np.zeros((len(pairs), len(top_ps)))
+    agree = np.zeros(len(pairs))
+    for k, (i, j) in enumerate(pairs):
+        agree[k] = np.mean(probs[i].argmax(axis=1) == probs[j].argmax(axis=1))
+        for c, p in enumerate(top_ps):
+            ti = np.array([slow_truncate(list(r), p, rule) for r in probs[i]])
+            tj = np.array([slow_truncate(list(r), p, rule) for r in probs[j]])
+            js[k, c] = np.mean(jensenshannon(ti, tj, base=2, axis=1))
+    return js, agree
+
+
+@pytest.mark.parametrize("rule", ["nucleus", "paper"])
+def test_accumulator_matches_brute_force(rule):
+    gen = torch.Generator().manual_seed(7)
+    shared = torch.randn(25, 12, generator=gen) * 2
+    members = [shared + torch.randn(25, 12, generator=gen) for _ in range(3)]
+    top_ps = [0.3, 0.7, 1.0]
+    acc = DisagreementAccumulator(3, top_ps, rule)
+    acc.update(members)
+    out = acc.compute()
+    js, agree = brute_force_disagreement(members, top_ps, rule)
+    assert out["pairs"] == 3 and out["positions"] == 25 and out["top_p_rule"] == rule
+    for c, entry in enumerate(out["js_distance"]):
+        assert entry["top_p"] == top_ps[c]
+        assert entry["mean"] == pytest.approx(js[:, c].mean(), rel=1e-9)
+        assert entry["std"] == pytest.approx(js[:, c].std(ddof=1), rel=1e-7)
+    assert out["argmax_agreement"]["mean"] == pytest.approx(agree.mean())
+    assert out["argmax_agreement"]["std"] == pytest.approx(agree.std(ddof=1))
+    np.testing.assert_allclose(acc.pair_means()["js_distance"], js, rtol=1e-9)
+
+
+def test_identical_members_agree_fully_at_every_p():
+    logits = torch.randn(30, 20, generator=torch.Generator().manual_seed(8))
+    acc = DisagreementAccumulator(3, [0.1, 0.5, 0.9, 1.0])
+    acc.update([logits, logits.clone(), logits.clone()])
+    out = acc.compute()
+    assert all(e["mean"] == 0.0 and e["std"] == 0.0 for e in out["js_distance"])
+    assert out["argmax_agreement"] == {"mean": 1.0, "std": 0.0}
+
+
+def test_one_member_is_not_applicable_and_two_members_have_no_std():
+    logits = torch.randn(5, 9)
+    single = DisagreementAccumulator(1, [0.5, 1.0])
+    single.update([logits])
+    out = single.compute()
+    assert out["pairs"] == 0 and out["positions"] == 5
+    assert all(e["mean"] is None and e["std"] is None for e in out["js_distance"])
+    assert out["argmax_agreement"] == {"mean": None, "std": None}
+    two = DisagreementAccumulator(2, [1.0])
+    two.update([logits, logits + torch.randn(5, 9)])
+    entry = two.compute()["js_distance"][0]
+    assert entry["mean"] > 0 and entry["std"] is None
+
+
+def test_streaming_chunks_merge_and_internal_chunking_equal_one_shot(monkeypatch):
+    gen = torch.Generator().manual_seed(9)
+    members = [torch.randn(40, 16, generator=gen) for _ in range(3)]
+    top_ps = [0.2, 0.6, 1.0]
+    whole = DisagreementAccumulator(3, top_ps)
+    whole.update(members)
+    stream = DisagreementAccumulator(3, top_ps)
+    for start in range(0, 40, 9):
+        stream.update([m[start : start + 9] for m in members])
+    first, second = DisagreementAccumulator(3, top_ps), DisagreementAccumulator(3, top_ps)
+    first.update([m[:17] for m in members])
+    second.update([m[17:] for m in members])
+    first.merge(second)
+    monkeypatch.setattr(disagreement, "_CHUNK_ELEMENTS", 16 * 3)  # 3 positions per chunk
+    chunked = DisagreementAccumulator(3, top_ps)
+    chunked.update(members)
+    size = whole.sums().numel()
+    for other in (stream, first, chunked):
+        assert other.sums().numel() == size  # only sums, whatever N
+        torch.testing.assert_close(other.sums(), whole.sums(), rtol=1e-12, atol=1e-12)
+
+
+def test_disagreement_bad_inputs():
+    acc = DisagreementAccumulator(2, [0.5])
+    with pytest.raises(ValueError, match="2 members"):
+        acc.update([torch.randn(3, 4)])
+    with pytest.raises(ValueError, match="one shape"):
+        acc.update([torch.randn(3, 4), torch.randn(2, 4)])
+    with pytest.raises(NonFiniteLogitsError):
+        acc.update([torch.randn(3, 4), torch.full((3, 4), math.nan)])
+    with pytest.raises(EmptyAccumulatorError):
+        acc.compute()
+    with pytest.raises(ValueError):
+        acc.merge(DisagreementAccumulator(2, [0.5], "paper"))

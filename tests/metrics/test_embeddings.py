@@ -1,0 +1,355 @@
+"""Embedding metrics against brute-force loops, scipy and direct HSIC formulas, plus
+invariances (rotation, scaling, permutation)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.spatial
+import scipy.stats
+import torch
+from scipy.spatial.distance import pdist, squareform
+
+import fmaudit.metrics.embeddings as emb
+from fmaudit.metrics import (
+    STATIC_METRICS,
+    EmbeddingGeometry,
+    anisotropy,
+    compare_embeddings,
+    effective_rank,
+    knn_indices,
+    knn_jaccard,
+    linear_cka,
+    local_spearman,
+    procrustes,
+    rbf_cka,
+    row_permuted,
+    summarize_static,
+    topk_overlap,
+    topk_overlap_chance,
+    usable_rows,
+    valid_ks,
+)
+
+
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def orthogonal(d: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(randn(d, d, seed=seed))
+    return q
+
+
+@pytest.fixture
+def pair():
+    """Two related matrices: B is a noisy copy of A."""
+    a = randn(30, 6, seed=1)
+    return a, a + 0.7 * randn(30, 6, seed=2)
+
+
+def cosine_matrix(x: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):  # a zero row gives NaN here (tests map it to 0)
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
+def slow_knn(x: np.ndarray, i: int, k: int) -> list[int]:
+    sims = cosine_matrix(x)[i]
+    others = [j for j in range(len(x)) if j != i]
+    return sorted(others, key=lambda j: -sims[j])[:k]
+
+
+# -- neighbourhoods ---------------------------------------------------------------------------
+def test_knn_indices_match_brute_force_and_exclude_self_explicitly(monkeypatch):
+    x = randn(30, 6, seed=3)
+    x[7] = x[3]  # a duplicate: its nearest neighbour is the copy, not itself
+    monkeypatch.setattr(emb, "_BLOCK_ELEMENTS", 30 * 4)  # force several row blocks
+    idx = knn_indices(x, 5)
+    sims = cosine_matrix(x.numpy())
+    for i in range(30):
+        assert set(idx[i].tolist()) == set(slow_knn(x.numpy(), i, 5))  # rows 3, 7 tie elsewhere
+        assert np.all(np.diff(sims[i, idx[i].numpy()]) <= 1e-7)  # descending similarity
+        assert i not in idx[i].tolist()
+    assert idx[3, 0] == 7 and idx[7, 0] == 3
+
+
+def test_topk_overlap_matches_python_loop(pair):
+    a, b = pair
+    for k in (1, 3, 10):
+        expected = np.mean([
+            len(set(slow_knn(a.numpy(), i, k)) & set(slow_knn(b.numpy(), i, k)))
+            / len(set(slow_knn(a.numpy(), i, k)) | set(slow_knn(b.numpy(), i, k)))
+            for i in range(30)
+        ])
+        assert topk_overlap(a, b, k) == pytest.approx(expected, rel=1e-12)
+
+
+def test_knn_jaccard_prefixes_equal_separate_calls(pair):
+    a, b = pair
+    many = knn_jaccard(knn_indices(a, 12), knn_indices(b, 12), [1, 5, 12])
+    for k in (1, 5, 12):
+        assert many[k] == pytest.approx(topk_overlap(a, b, k), rel=1e-12)
+
+
+def test_overlap_is_one_for_identical_rotated_or_scaled_matrices(pair):
+    a, _ = pair
+    assert topk_overlap(a, a.clone(), 5) == 1.0
+    assert topk_overlap(a, 3.0 * a @ orthogonal(6, seed=4), 5) == 1.0
+
+
+def test_row_permutation_brings_overlap_to_chance():
+    a = randn(400, 16, seed=5)
+    shuffled = row_permuted(a, torch.Generator().manual_seed(0))
+    chance = topk_overlap_chance(400, 10)
+    assert topk_overlap(a, shuffled, 10) == pytest.approx(chance, abs=0.01)
+    assert topk_overlap(a, a, 10) == 1.0
+
+
+def test_chance_formula_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    n, k, trials = 40, 6, 20000
+    others = n - 1
+    draws_a = np.argsort(rng.random((trials, others)), axis=1)[:, :k]
+    draws_b = np.argsort(rng.random((trials, others)), axis=1)[:, :k]
+    inter = np.array([len(np.intersect1d(x, y)) for x, y in zip(draws_a, draws_b, strict=True)])
+    jaccard = inter / (2 * k - inter)
+    se = jaccard.std() / math.sqrt(trials)
+    assert topk_overlap_chance(n, k) == pytest.approx(jaccard.mean(), abs=4 * se)
+    assert topk_overlap_chance(n, n - 1) == pytest.approx(1.0)
+    big = topk_overlap_chance(4096, 1000)  # stable at the study's size
+    mean_x = 1000**2 / 4095
+    assert big == pytest.approx(mean_x / (2000 - mean_x), rel=0.01)
+
+
+def test_local_spearman_matches_scipy_loop(pair):
+    a, b = pair
+    sa, sb = cosine_matrix(a.numpy()), cosine_matrix(b.numpy())
+    for k in (2, 5, 12):
+        rows = []
+        for i in range(30):
+            na, nb = slow_knn(a.numpy(), i, k), slow_knn(b.numpy(), i, k)
+            rho_a = scipy.stats.spearmanr(sa[i, na], sb[i, na]).statistic
+            rho_b = scipy.stats.spearmanr(sa[i, nb], sb[i, nb]).statistic
+            rows.append((rho_a + rho_b) / 2)
+        assert local_spearman(a, b, k) == pytest.approx(np.nanmean(rows), rel=1e-9, abs=1e-12)
+    assert local_spearman(a, a, 5) == pytest.approx(1.0)
+
+
+def test_local_spearman_excludes_rows_without_variance(pair):
+    a, b = pair
+    b = b.clone()
+    b[0] = 0.0  # row 0 has cosine 0 to everything in B: no rank order, excluded
+    sa, sb = cosine_matrix(a.numpy()), np.nan_to_num(cosine_matrix(b.numpy()))
+    k = 5
+    rows = []
+    for i in range(1, 30):
+        na = slow_knn(a.numpy(), i, k)
+        nb = sorted((j for j in range(30) if j != i), key=lambda j: -sb[i, j])[:k]
+        rho_a = scipy.stats.spearmanr(sa[i, na], sb[i, na]).statistic
+        rho_b = scipy.stats.spearmanr(sa[i, nb], sb[i, nb]).statistic
+        rows.append((rho_a + rho_b) / 2)
+    assert local_spearman(a, b, k) == pytest.approx(np.mean(rows), rel=1e-9)
+    assert math.isnan(local_spearman(a, torch.ones(30, 6), 5))  # every row excluded
+
+
+def test_average_ranks_match_scipy_rankdata_with_ties():
+    x = torch.tensor([[3.0, 1.0, 3.0, 2.0, 1.0, 3.0], [0.5, 0.1, 0.2, 0.3, 0.4, 0.6]])
+    expected = scipy.stats.rankdata(x.numpy(), axis=1) - 1
+    np.testing.assert_array_equal(emb._average_ranks(x).numpy(), expected)
+    desc = x.sort(dim=1, descending=True).values  # the sorted-input path, both directions
+    np.testing.assert_array_equal(emb._average_ranks_sorted(desc, descending=True).numpy(),
+                                  scipy.stats.rankdata(desc.numpy(), axis=1) - 1)
+    asc = x.sort(dim=1).values
+    np.testing.assert_array_equal(emb._average_ranks_sorted(asc).numpy(),
+                                  scipy.stats.rankdata(asc.numpy(), axis=1) - 1)
+
+
+def test_ks_validity(pair):
+    assert valid_ks([1, 3, 29, 30, 1000], 30) == [1, 3, 29]
+    with pytest.raises(ValueError):
+        topk_overlap(*pair, 30)
+    with pytest.raises(ValueError):
+        local_spearman(*pair, 1)
+
+
+def test_usable_rows_drop_specials_and_rows_zero_in_any_member():
+    a, b = randn(8, 3, seed=6), randn(8, 3, seed=7)
+    a[2] = 0.0
+    b[5] = 0.0
+    assert usable_rows([a, b], special_ids=[0, 1]).tolist() == [3, 4, 6, 7]
+    assert usable_rows(a).tolist() == [0, 1, 3, 4, 5, 6, 7]
+    with pytest.raises(ValueError):
+        usable_rows([a, b[:4]])
+
+
+# -- global shape ----------------------------------------------------------------------------
+def test_procrustes_matches_scipy(pair):
+    a, b = pair
+    mtx1, mtx2, disparity = scipy.spatial.procrustes(a.numpy(), b.numpy())
+    cos = np.mean(np.sum(mtx1 * mtx2, axis=1)
+                  / (np.linalg.norm(mtx1, axis=1) * np.linalg.norm(mtx2, axis=1)))
+    ours = procrustes(a, b)
+    assert ours[0] == pytest.approx(disparity, rel=1e-10)
+    assert ours[1] == pytest.approx(cos, rel=1e-6)  # float32 product for the cosine
+
+
+def test_rotation_scaling_translation_leave_shape_metrics_at_their_maximum(pair):
+    a, _ = pair
+    moved = 2.5 * a @ orthogonal(6, seed=8) + 4.0
+    disparity, cosine = procrustes(a, moved)
+    assert disparity == pytest.approx(0.0, abs=1e-12)
+    assert cosine == pytest.approx(1.0, abs=1e-6)
+    assert linear_cka(a, moved) == pytest.approx(1.0, abs=1e-12)
+    assert rbf_cka(a, moved) == pytest.approx(1.0, abs=1e-5)  # bandwidth scales with the data
+    assert linear_cka(a, a) == pytest.approx(1.0, abs=1e-12)
+
+
+def hsic_cka(k: np.ndarray, ell: np.ndarray) -> float:
+    """tr(K H L H) / sqrt(tr(K H K H) tr(L H L H)) with H = I - 11^T / n."""
+    n = len(k)
+    h = np.eye(n) - np.ones((n, n)) / n
+
+    def hsic(x, y):
+        return np.trace(x @ h @ y @ h)
+
+    return hsic(k, ell) / math.sqrt(hsic(k, k) * hsic(ell, ell))
+
+
+def test_linear_cka_matches_direct_hsic(pair):
+    a, b = pair
+    x, y = a.numpy(), b[:, :4].numpy()  # different widths are allowed
+    assert linear_cka(a, b[:, :4]) == pytest.approx(hsic_cka(x @ x.T, y @ y.T), rel=1e-10)
+
+
+def test_rbf_cka_matches_direct_hsic_with_median_bandwidth(pair):
+    a, b = pair
+
+    def rbf(x, rule=0.5):
+        d = pdist(x)
+        sigma = rule * np.median(d)
+        return np.exp(-squareform(d) ** 2 / (2 * sigma**2))
+
+    expected = hsic_cka(rbf(a.numpy()), rbf(b.numpy()))
+    assert rbf_cka(a, b) == pytest.approx(expected, rel=1e-5)
+    expected_wide = hsic_cka(rbf(a.numpy(), 2.0), rbf(b.numpy(), 2.0))
+    assert rbf_cka(a, b, sigma_rule=2.0) == pytest.approx(expected_wide, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [5, 6, 9])  # even and odd numbers of pairs
+def test_median_pair_distance_matches_numpy(n):
+    x = torch.round(randn(n, 2, seed=n) * 2)  # integer coordinates: tied distances
+    d2 = torch.cdist(x, x) ** 2
+    assert emb._median_pair_distance(d2) == pytest.approx(np.median(pdist(x.numpy())),
+                                                           rel=1e-12)
+
+
+def test_unrelated_matrices_have_low_cka():
+    a, b = randn(200, 8, seed=9), randn(200, 8, seed=10)
+    assert linear_cka(a, b) < 0.15
+    assert linear_cka(a, row_permuted(a, torch.Generator().manual_seed(1))) < 0.15
+
+
+# -- single-matrix summaries -----------------------------------------------------------------
+def test_anisotropy_small_for_isotropic_large_for_shifted():
+    x = randn(2000, 16, seed=11)
+    assert anisotropy(x) < 0.05
+    assert anisotropy(x + 10.0) > 0.95
+    direction = torch.zeros(16, dtype=torch.float64)
+    direction[0] = 1.0
+    assert anisotropy(direction.repeat(5, 1)) == pytest.approx(1.0)
+
+
+def test_effective_rank_of_identity_like_matrix_and_against_numpy():
+    m = torch.zeros(10, 8, dtype=torch.float64)
+    m[:5, :5] = 3.0 * torch.eye(5, dtype=torch.float64)
+    assert effective_rank(m) == pytest.approx(5.0, rel=1e-12)
+    x = randn(20, 6, seed=12)
+    s = np.linalg.svd(x.numpy(), compute_uv=False)
+    p = s / s.sum()
+    assert effective_rank(x) == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-10)
+    assert effective_rank(7.0 * x) == pytest.approx(effective_rank(x), rel=1e-10)
+    with pytest.raises(ValueError):
+        effective_rank(torch.zeros(3, 3))
+
+
+# -- cached many-member path ------------------------------------------------------------------
+def test_compare_embeddings_equals_one_shot_functions(pair):
+    a, b = pair
+    ks = [1, 3, 10, 29, 30, 1000]
+    ga, gb = EmbeddingGeometry(a), EmbeddingGeometry(b)
+    out = compare_embeddings(ga, gb, ks)
+    assert out["rows"] == 30
+    assert list(out["topk_overlap"]) == [1, 3, 10, 29]
+    assert list(out["local_spearman"]) == [3, 10, 29]
+    for k in (1, 3, 10, 29):
+        assert out["topk_overlap"][k] == pytest.approx(topk_overlap(a, b, k), rel=1e-12)
+    for k in (3, 10, 29):
+        assert out["local_spearman"][k] == pytest.approx(local_spearman(a, b, k), rel=1e-9)
+    disparity, cosine = procrustes(a, b)
+    assert out["procrustes_disparity"] == pytest.approx(disparity, rel=1e-10)
+    assert out["procrustes_cosine"] == pytest.approx(cosine, rel=1e-10)
+    assert out["linear_cka"] == pytest.approx(linear_cka(a, b), rel=1e-10)
+    assert out["rbf_cka"] == pytest.approx(rbf_cka(a, b), rel=1e-10)
+    only = compare_embeddings(ga, gb, ks, metrics=["linear_cka"])
+    assert set(only) == {"rows", "linear_cka"}
+    with pytest.raises(ValueError):
+        compare_embeddings(ga, gb, ks, metrics=["bogus"])
+    assert set(STATIC_METRICS) >= {"procrustes", "rbf_cka"}
+
+
+def test_summarize_static_shapes_and_nulls(pair):
+    a, b = pair
+    geoms = [EmbeddingGeometry(m) for m in (a, b, a + 0.3 * randn(30, 6, seed=13))]
+    ks = [1, 5, 30]
+    pairs = [compare_embeddings(geoms[i], geoms[j], ks) for i, j in ((0, 1), (0, 2), (1, 2))]
+    null = [compare_embeddings(g, g.permuted(torch.Generator().manual_seed(0)), ks)
+            for g in geoms]
+    out = summarize_static(pairs, ks, 30, null=null)
+    assert [e["k"] for e in out["topk_overlap"]] == [1, 5]
+    assert [e["k"] for e in out["local_spearman"]] == [5]
+    first = out["topk_overlap"][0]
+    assert first["mean"] == pytest.approx(np.mean([p["topk_overlap"][1] for p in pairs]))
+    assert first["std"] == pytest.approx(np.std([p["topk_overlap"][1] for p in pairs], ddof=1))
+    assert first["chance"] == pytest.approx(topk_overlap_chance(30, 1))
+    assert first["init"] is None and first["null"] < first["mean"]
+    assert out["rbf_cka"]["bandwidth"] == "0.5 x median pairwise distance"
+    single = summarize_static([], ks, 30)
+    assert single["linear_cka"] == {"mean": None, "std": None, "null": None, "init": None}
+    assert single["topk_overlap"][0]["mean"] is None
+
+
+def test_bad_matrices_raise(pair):
+    a, b = pair
+    with pytest.raises(ValueError):
+        procrustes(a, b[:, :3])
+    with pytest.raises(ValueError):
+        linear_cka(a, b[:10])
+    with pytest.raises(ValueError):
+        linear_cka(torch.ones(5, 3), randn(5, 3))  # no shape left after centring
+    bad = a.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError):
+        knn_indices(bad, 3)
+
+
+def test_permuted_geometry_reuses_cache_and_equals_recomputing(pair):
+    a, b = pair
+    ks = [1, 5, 12]
+    ga, gb = EmbeddingGeometry(a), EmbeddingGeometry(b)
+    compare_embeddings(ga, gb, ks)  # fill every cache of gb
+    cached = gb.permuted(torch.Generator().manual_seed(3))
+    fresh = EmbeddingGeometry(row_permuted(b, torch.Generator().manual_seed(3)))
+    assert torch.equal(cached.matrix, fresh.matrix)
+    lazy = EmbeddingGeometry(b).permuted(torch.Generator().manual_seed(3))  # nothing cached
+    expected = compare_embeddings(ga, fresh, ks)
+    for other in (cached, lazy):
+        got = compare_embeddings(ga, other, ks)
+        for key, value in expected.items():
+            if isinstance(value, dict):
+                for k in value:
+                    assert got[key][k] == pytest.approx(value[k], rel=1e-6, abs=1e-9), key
+            else:
+                assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
