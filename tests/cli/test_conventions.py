@@ -1,0 +1,64 @@
+"""CLI conventions shared by every command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from fmaudit import __version__
+from fmaudit.cli import COMMANDS, main
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_version(capsys):
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and __version__ in out
+
+
+def test_help_lists_every_command(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    for name in COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_command_has_help(name, capsys):
+    args = [name, "stats", "--help"] if name == "corpus" else [name, "--help"]
+    code, out, _ = run(args, capsys)
+    assert code == 0 and "Usage" in out
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    code, _, err = run(["frobnicate"], capsys)
+    assert code == 2 and "frobnicate" in err
+
+
+def test_help_is_light():
+    """`fmaudit --help` must not import torch or transformers (instant help)."""
+    code = ("import sys; from fmaudit.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("[]")
+
+
+def test_bad_input_is_one_line_without_traceback(capsys, tmp_path):
+    code, _, err = run(["corpus", "stats", str(tmp_path / "missing.fa")], capsys)
+    assert code == 2
+    assert "missing.fa" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fmaudit", "--debug", "corpus", "stats",
+                           str(tmp_path / "missing.fa")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
