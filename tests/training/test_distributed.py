@@ -1,0 +1,57 @@
+"""A 2-process CPU run (torchrun, gloo): trains loadable members, the same data stream and, up to
+float reassociation, the same weights as one process (the loss is normalised over the GLOBAL
+batch, so the gradient does not depend on the process count)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fmaudit.corpus import bundled
+from fmaudit.training import load_recipe, train_ensemble
+from tests.training.conftest import subprocess_env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "fmaudit", "train", "--corpus", str(bundled("dna")), "--out", str(out),
+           "--seeds", "2", "--max-steps", "6", "--eval-every", "3", "--json"]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout)  # only the main process prints
+    assert [m["seed"] for m in printed["members"]] == [0, 1]
+
+    single = train_ensemble(bundled("dna"), tmp_path / "one",
+                            load_recipe("tiny").replace(max_steps=6, eval_every=3), seeds=2)
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    for m in single:
+        seed = m["seed"]
+        manifest = json.loads((out / f"seed{seed}" / "fmaudit.json").read_text())
+        assert manifest["runtime"]["processes"] == 2
+        assert manifest["runtime"]["distributed_type"] == "MULTI_CPU"
+        assert manifest["data_stream"]["fingerprint"] == m["data_stream"]["fingerprint"]
+        assert manifest["heldout_loss"] == pytest.approx(m["heldout_loss"], rel=1e-4)
+        AutoTokenizer.from_pretrained(out / f"seed{seed}")
+        AutoModelForMaskedLM.from_pretrained(out / f"seed{seed}")
+        ddp = load_file(out / f"seed{seed}" / "model.safetensors")
+        ref = load_file(tmp_path / "one" / f"seed{seed}" / "model.safetensors")
+        for name, tensor in ref.items():
+            torch.testing.assert_close(ddp[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert (out / "init" / "seed1" / "model.safetensors").is_file()
