@@ -165,14 +165,19 @@ def static_embeddings(size: str, members: int, vocab: int = 4101) -> float:
     return time.perf_counter() - t0
 
 
-def training(recipe: str, steps: int) -> dict | None:
-    """(f): fmaudit's loop vs transformers.Trainer on the same batches."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    try:
-        import train_vs_trainer
-    except ImportError:
-        return None
-    return train_vs_trainer.compare(recipe, steps)
+def training(recipe: str, steps: int) -> dict:
+    """(f): fmaudit's loop vs transformers.Trainer on the same batches (its own script, in a
+    fresh process so the audit's allocations don't colour it)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "train_vs_trainer.py"),
+                           "--recipe", recipe, "--steps", str(steps), "--json"],
+                          capture_output=True, text=True, check=True)
+    out = json.loads(proc.stdout)
+    return {"recipe": recipe, "steps": steps, "ratio": out["ratio"],
+            "fmaudit_tokens_per_s": out["fmaudit"]["tokens_per_s"],
+            "trainer_tokens_per_s": out["trainer"]["tokens_per_s"],
+            "max_abs_weight_diff": out["max_abs_weight_diff"]}
 
 
 def main(argv: list[str] | None = None) -> int:
