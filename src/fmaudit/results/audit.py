@@ -27,6 +27,7 @@ DEFAULT_TOP_P = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_K = (1, 3, 5, 10, 20, 50, 100, 1000)
 ANALYSES = ("predictions", "embeddings", "fisher")
 UNK_WARN = 0.05
+UNIGRAM_FIT_WINDOWS = 4096
 
 
 @dataclass
@@ -219,8 +220,7 @@ def prediction_section(result: Any, unigram_ce: float | None, unigram_source: st
 
 
 def unigram_reference(corpus: Any, tokenizer: Any, eval_split: str, length: int, seq_len: int,
-                      samples: int, seed: int, eval_labels: list[torch.Tensor] | None = None
-                      ) -> tuple[torch.Tensor, str]:
+                      samples: int, seed: int) -> tuple[torch.Tensor, str]:
     """Token counts for the unigram model: a seeded sample of the train split when the corpus
     has one distinct from the evaluated split, else the evaluation windows themselves."""
     from fmaudit.tokenizer import encode_windows
@@ -231,12 +231,13 @@ def unigram_reference(corpus: Any, tokenizer: Any, eval_split: str, length: int,
     try:
         if eval_split == "all":
             raise FmauditError("no separate train split")
-        n_fit = max(4 * samples, 64)
-        try:
-            windows = corpus.windows("train", length=length, n=n_fit, seed=seed + 1)
-        except FmauditError:
-            windows = corpus.windows("train", length=length)[:n_fit]
+        # a seeded sample of the train split (all of it when it is small), bounded for genomes
+        n_fit = max(4 * samples, UNIGRAM_FIT_WINDOWS)
+        windows = corpus.windows("train", length=length, n=n_fit, seed=seed + 1,
+                                 allow_fewer=True)
         texts = [w.text for w in windows]
+        if not texts:
+            raise FmauditError("the train split has no clean window")
         source = f"train split ({len(texts)} windows)"
     except FmauditError:
         texts = [w.text for w in corpus.windows(eval_split, length=length, n=samples, seed=seed)]
