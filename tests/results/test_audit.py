@@ -329,3 +329,13 @@ def test_ensembles_side_by_side_with_their_own_corpora(tmp_path, genome, capsys)
     assert list(rep["ensembles"]) == ["dna", "text"]
     assert rep["ensembles"]["dna"]["corpus"]["kind"] == "dna"
     assert rep["ensembles"]["text"]["corpus"]["kind"] == "text"
+
+
+def test_warns_when_the_corpus_does_not_fit_the_tokenizer(tmp_path, capsys):
+    members = [str(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0,))]
+    text = tmp_path / "english.txt"
+    text.write_text("\n\n".join("Genomes are long; models are short. " * 30 for _ in range(3)))
+    code, _, err = run(["report", *members, "--corpus", str(text), "--samples", "4",
+                        "--seq-len", "16", "--analyses", "predictions"], capsys)
+    assert code == 0
+    assert "[UNK]" in err and "does not fit the tokenizer" in err

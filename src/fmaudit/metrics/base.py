@@ -4,6 +4,9 @@ Every accumulator keeps only sums and counts (never per-position values), so its
 depend on how many positions it has seen, and two accumulators over disjoint data combine by
 adding their sums. That is what makes them mergeable across processes: all-reduce (sum)
 ``acc.sums()`` and ``acc.load_sums(...)`` the result, or ``merge`` objects in one process.
+
+The sums live on the device of the tensors fed to ``update`` (so an accelerator never waits for a
+per-batch copy to the host); ``sums()``, ``state_dict()`` and ``compute()`` bring them to the CPU.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ class EmptyAccumulatorError(ValueError):
 
 
 class SumAccumulator:
-    """Base class: ``self._sums`` is a 1-D float64 CPU tensor; subclasses define its layout.
+    """Base class: ``self._sums`` is a 1-D float64 tensor; subclasses define its layout.
 
     Subclasses implement ``_config()`` (the settings that must match for sums to be addable),
-    ``update(...)`` and ``compute()``.
+    ``update(...)`` (adding a batch's sums with :meth:`_add`) and ``compute()`` (reading
+    :meth:`_host_sums`).
     """
 
     def __init__(self, size: int) -> None:
@@ -32,15 +36,26 @@ class SumAccumulator:
         raise NotImplementedError
 
     # -- shared state handling ------------------------------------------------------------
+    def _add(self, batch: torch.Tensor) -> None:
+        """Add one batch's sums (float64 ``[S]``), on the batch's device: no host transfer."""
+        if self._sums.device != batch.device:
+            self._sums = self._sums.to(batch.device)
+        self._sums += batch
+
+    def _host_sums(self) -> torch.Tensor:
+        """The sums on the CPU (the one device-to-host copy, at compute time)."""
+        return self._sums.cpu()
+
     def sums(self) -> torch.Tensor:
-        """A copy of the flat float64 sums (shape ``[S]``), e.g. to all-reduce across processes.
+        """A CPU copy of the flat float64 sums (shape ``[S]``), e.g. to all-reduce across
+        processes.
 
         Example (with accelerate)::
 
             total = accelerator.reduce(acc.sums().to(accelerator.device), reduction="sum")
             acc.load_sums(total)
         """
-        return self._sums.clone()
+        return self._sums.detach().to("cpu", copy=True)
 
     def load_sums(self, sums: torch.Tensor) -> None:
         """Replace the sums (e.g. by their all-reduced total).
@@ -66,7 +81,7 @@ class SumAccumulator:
                 f"cannot merge {type(other).__name__}{other._config()} into "
                 f"{type(self).__name__}{self._config()}: settings differ"
             )
-        self._sums += other._sums
+        self._sums += other._sums.to(self._sums.device)
         return self
 
     def reset(self) -> None:
@@ -78,7 +93,7 @@ class SumAccumulator:
 
         float64 values round-trip exactly through JSON (Python's repr is shortest round-trip).
         """
-        return {"config": self._config(), "sums": self._sums.tolist()}
+        return {"config": self._config(), "sums": self._host_sums().tolist()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict` output.

@@ -4,6 +4,19 @@ For every pair of members (i < j) and every top-p level, the Jensen-Shannon dist
 their top-p-truncated predictive distributions, and whether their top-1 predictions agree.
 All arithmetic is float64. :class:`DisagreementAccumulator` keeps only sums, so its memory does
 not depend on the number of positions, and merges across processes like every accumulator.
+
+Two implementations of the same formulas feed the accumulator:
+
+* dense (accelerators, and the one-shot functions): every member truncated at every level as a
+  full ``[N, V]`` tensor, every pair and level one pass over ``[N, V]``; no host
+  synchronisation.
+* sparse (CPU): a member's truncation at all levels is one sort of the probability VALUES and
+  a per-row threshold per level (``entry[v]`` = the first level that keeps token v); a pair's
+  JS divergence at level c needs logarithms only on the tokens BOTH members keep there
+  (:func:`_pair_js_bits_sparse`), about ``sum_c p_c^2`` of the vocabulary instead of all of it
+  at every level.
+
+Tests run both on the same data and require equal sums (``tests/metrics``).
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ import numpy as np
 import torch
 
 from fmaudit.metrics.base import EmptyAccumulatorError, SumAccumulator
-from fmaudit.metrics.prediction import _log_probs
+from fmaudit.metrics.prediction import NonFiniteLogitsError, _check_logits_2d, _Chunk
 from fmaudit.metrics.stats import mean_std_pairs, pair_indices
 
 __all__ = [
@@ -33,11 +46,14 @@ LN2 = math.log(2.0)
 # Divergences (bits) below this are recomputed from probability ratios (see _js_divergence_bits).
 _EXACT_BELOW = 1e-7
 
-# Positions per internal chunk. On CPU one [chunk, V] float64 tensor stays ~2 MiB, so the many
-# temporaries are recycled by the allocator instead of being fresh (page-faulting) mappings;
-# on an accelerator larger chunks mean fewer kernel launches.
-_CHUNK_ELEMENTS = 1 << 18
+# Positions per internal chunk. On CPU one [chunk, V] float64 tensor stays ~1 MiB, so the many
+# temporaries stay in cache and are recycled by the allocator instead of being fresh
+# (page-faulting) mappings; on an accelerator larger chunks mean fewer kernel launches.
+_CHUNK_ELEMENTS = 1 << 17
 _CHUNK_ELEMENTS_ACCELERATOR = 1 << 22
+
+# The accumulator uses the sparse path for CPU tensors (tests switch it off to compare paths).
+_SPARSE_ON_CPU = True
 
 
 def _check_probs(probs: torch.Tensor, name: str = "probs") -> torch.Tensor:
@@ -192,12 +208,15 @@ def _js_divergence_bits(
     once per member, so a pair costs one pass over ``[N, V]`` (into ``buffer`` when given,
     to spare an allocation). The difference of entropies loses ~1e-15 absolute, so rows below
     ``_EXACT_BELOW`` bits are recomputed from the ratios (:func:`_js_divergence_exact_bits`):
-    nearly identical rows stay accurate.
+    nearly identical rows stay accurate. On an accelerator the exact form is computed for all
+    rows and selected with ``where`` (no host synchronisation).
     """
     s = torch.add(p, q, out=buffer) if buffer is not None else p + q
     entropy_s = torch.special.entr(s, out=s).sum(dim=-1)  # -sum s ln s
     js = (LN2 + 0.5 * entropy_s + 0.5 * (neg_h_p + neg_h_q)) / LN2
     close = js < _EXACT_BELOW
+    if js.device.type != "cpu":  # no host sync: the exact form for every row, kept where close
+        return torch.where(close, _js_divergence_exact_bits(p, q), js)
     if bool(close.any()):
         js[close] = _js_divergence_exact_bits(p[close], q[close])
     return js
@@ -244,17 +263,144 @@ def argmax_agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Te
     return logits_a.argmax(dim=-1) == logits_b.argmax(dim=-1).to(logits_a.device)
 
 
+# -- sparse CPU path ---------------------------------------------------------------------------
+class _MemberLevels(NamedTuple):
+    """One member's chunk truncated at every level (levels in ascending order of p)."""
+
+    probs: torch.Tensor  # float64 [n, V]
+    plogp: torch.Tensor  # float64 [n, V]: p ln p
+    entry: np.ndarray  # uint8 [n, V]: first level keeping the token (L: no level keeps it)
+    mass: torch.Tensor  # float64 [n, L]: kept mass Z_c of each level
+
+
+def _member_levels(chunk: _Chunk, levels: Sequence[float], rule: str) -> _MemberLevels:
+    """Truncate one member's CPU chunk at all ``levels`` (ascending) from one value sort.
+
+    With ``d`` the row's probabilities sorted descending and ``c_j`` their cumulative sum
+    divided by the row total (as :func:`_sort_desc`), level p keeps the first ``k_p`` tokens
+    (:func:`_kept_counts`), i.e. every token with ``p_v > tau_p = d[k_p - 1]`` and all with
+    ``p_v = tau_p``, unless a run of equal values straddles the cut (``d[k_p] = tau_p``): such
+    rows take the stable order (lower id first) from :func:`_stable_sort_desc`, exactly as the
+    dense path. ``Z_p = sum_{j < k_p} d_j``.
+    """
+    probs = chunk.probs
+    n, vocab = probs.shape
+    values = probs.numpy()
+    desc = torch.from_numpy(np.ascontiguousarray(np.sort(values, axis=1)[:, ::-1]))
+    csum = desc.cumsum(dim=1)  # [n, V], descending order
+    cum = csum / csum[:, -1:]
+    partial = [c for c, p in enumerate(levels) if p < 1.0]  # a prefix: levels ascend
+    kept = torch.full((n, len(levels)), vocab, dtype=torch.long)
+    entry = np.zeros((n, vocab), dtype=np.uint8)
+    if partial:
+        targets = torch.tensor([levels[c] for c in partial], dtype=torch.float64).expand(n, -1)
+        if rule == "nucleus":  # same counts as _kept_counts, all levels in one search
+            k = (torch.searchsorted(cum, targets.contiguous(), right=False) + 1).clamp_(max=vocab)
+        else:
+            k = torch.searchsorted(cum, targets.contiguous(), right=True).clamp_(min=1)
+        kept[:, : len(partial)] = k
+        tau = desc.gather(1, k - 1)  # [n, L'] the smallest kept value
+        straddle = ((k < vocab) & (desc.gather(1, k.clamp(max=vocab - 1)) == tau)).any(dim=1)
+        tau_np = tau.numpy()
+        below = np.empty((n, vocab), dtype=bool)
+        for c in range(len(partial)):  # entry = number of levels whose threshold v is below
+            np.less(values, tau_np[:, c : c + 1], out=below)
+            entry += below
+        rows = straddle.nonzero().flatten()
+        if rows.numel():  # ties across a cut: ranks from the stable order, as the dense path
+            _, order = _stable_sort_desc(probs[rows])
+            rank = torch.empty_like(order).scatter_(
+                1, order, torch.arange(vocab).expand(len(rows), vocab))
+            entry[rows.numpy()] = (rank[:, :, None] >= k[rows][:, None, :]).sum(dim=2).numpy()
+    mass = csum.gather(1, kept - 1)  # [n, L]
+    return _MemberLevels(probs, probs * chunk.logp, entry, mass)
+
+
+def _segment_sums(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``sum(flat[..., s : s + l])`` per segment along the last axis (0 for ``l = 0``).
+
+    ``flat`` must have one spare element after the last segment (``reduceat`` reads
+    ``flat[s]`` for an empty segment, and a start may equal the data length).
+    """
+    return np.add.reduceat(flat, starts, axis=-1) * (lengths > 0)
+
+
+def _pair_js_bits_sparse(a: _MemberLevels, b: _MemberLevels, n_levels: int) -> torch.Tensor:
+    """Base-2 JS divergence of members a and b truncated at every level, float64 ``[n, L]``.
+
+    With ``p' = p / Z_p`` and ``q' = q / Z_q`` the truncated rows, ``s = p' + q'``,
+    ``JSD = ln 2 - 1/2 sum_v (s ln s - p' ln p' - q' ln q')`` (nats), and the summand is 0
+    unless both members keep v: only the intersection ``I_c`` is visited. Sorting each row by
+    ``e_v = max(entry_a, entry_b)`` (the level where v enters ``I``) makes ``I_c`` a prefix of
+    the row for every level. Writing ``t = p + r q`` with ``r = Z_p / Z_q``:
+    ``sum_I D = (T - S_{p ln p} - r S_{q ln q} - r ln r S_q) / Z_p`` with ``T = sum_I t ln t``
+    and ``S_x`` the sums over I, so one logarithm per element of ``I_c`` per level. Rows below
+    ``_EXACT_BELOW`` bits are recomputed densely from the ratios (as the dense path).
+    """
+    probs_a, n, vocab = a.probs, *a.probs.shape
+    e = np.maximum(a.entry, b.entry)  # [n, V] level where v enters the intersection
+    order = torch.from_numpy(np.argsort(e, axis=1, kind="stable"))  # radix sort of bytes
+    # cnt[:, c] = |I_c| per row
+    cnt = np.stack([np.count_nonzero(e <= c, axis=1) for c in range(n_levels)], axis=1)
+    # p, q, p ln p, q ln q in that order, one spare zero at the end for reduceat
+    gathered = torch.zeros(4, n * vocab + 1, dtype=torch.float64)
+    view = gathered[:, : n * vocab].view(4, n, vocab)
+    for slot, src in enumerate((a.probs, b.probs, a.plogp, b.plogp)):
+        torch.gather(src, 1, order, out=view[slot])
+    # S_x over I_c: sums per (row, bucket c), then cumulative over buckets
+    bucket_len = np.diff(cnt, axis=1, prepend=0)  # [n, L]
+    bucket_start = (np.arange(n)[:, None] * vocab + cnt - bucket_len).ravel()
+    buckets = _segment_sums(gathered.numpy(), bucket_start, bucket_len.ravel())
+    s_p, s_q, s_plogp, s_qlogq = torch.from_numpy(
+        np.cumsum(buckets.reshape(4, n, n_levels), axis=2))
+    del s_p  # = Z_p-weighted share, not needed
+    ratio = a.mass / b.mass  # r [n, L]
+    t_sum = torch.zeros(n, n_levels, dtype=torch.float64)
+    p_sorted, q_sorted = view[0], view[1]
+    for c in range(n_levels):
+        width = int(cnt[:, c].max())
+        if width == 0:
+            continue
+        buf = np.empty(n * width + 1)
+        buf[-1] = 0.0
+        t = torch.from_numpy(buf[:-1]).view(n, width)
+        torch.addcmul(p_sorted[:, :width], ratio[:, c : c + 1], q_sorted[:, :width], out=t)
+        tn = buf[:-1]
+        logt = np.log(tn)
+        np.multiply(tn, logt, out=tn)  # t ln t
+        starts = np.arange(n) * width
+        ends = starts + cnt[:, c]
+        pairs = np.stack([starts, ends], axis=1).ravel()
+        t_sum[:, c] = torch.from_numpy(_segment_sums(buf, pairs, np.ones(2 * n))[::2]
+                                       * (cnt[:, c] > 0))
+    sum_d = (t_sum - s_plogp - ratio * s_qlogq - ratio * ratio.log() * s_q) / a.mass
+    js = 1.0 - sum_d / (2.0 * LN2)
+    close = js < _EXACT_BELOW
+    if bool(close.any()):  # nearly identical rows: the ratio form, on dense truncated rows
+        rows, lev = close.nonzero(as_tuple=True)
+        entry_a, entry_b = torch.from_numpy(a.entry), torch.from_numpy(b.entry)
+        lev_col = lev[:, None].to(torch.uint8)
+        p = torch.where(entry_a[rows] <= lev_col, probs_a[rows], 0.0) / a.mass[rows, lev, None]
+        q = torch.where(entry_b[rows] <= lev_col, b.probs[rows], 0.0) / b.mass[rows, lev, None]
+        js[rows, lev] = _js_divergence_exact_bits(p, q)
+    return js
+
+
 class DisagreementAccumulator(SumAccumulator):
     """Streaming inter-member disagreement over the same predicted positions.
 
     For each pair ``(i, j)``, ``i < j`` of the ``n_members`` members and each ``p`` in
     ``top_ps`` it sums ``JS_distance(trunc_p(P_i), trunc_p(P_j))`` over positions, and for each
     pair the number of positions where the top-1 predictions agree. Float64 sums laid out as
-    ``[n, js[pair, p] (row-major), agree[pair]]``.
+    ``[n, js[pair, p] (row-major), agree[pair], nonfinite]`` (``nonfinite``: positions with
+    NaN/inf logits in some member, only ever counted on an accelerator).
 
     :meth:`compute` returns, per p, the mean over positions and pairs and the sample std
     (ddof=1) of the per-pair means; with one member there is no pair and every value is
     ``None`` (not applicable, not zero).
+
+    ``update`` never waits for an accelerator (the sums stay on the logits' device); on the CPU
+    it uses the sparse path (see the module docstring), same sums up to float rounding.
 
     Args:
         n_members: ensemble size (>= 1). top_ps: levels in (0, 1]. rule: ``"nucleus"`` or
@@ -276,18 +422,21 @@ class DisagreementAccumulator(SumAccumulator):
         self.n_members = int(n_members)
         self.rule = rule
         self.top_ps = tuple(_check_p(p, rule) for p in top_ps)
+        # the sparse path wants ascending levels; _level_order[c] = position of level c in top_ps
+        self._level_order = sorted(range(len(self.top_ps)), key=lambda c: self.top_ps[c])
         self.pairs = pair_indices(self.n_members)
         n_pairs, n_ps = len(self.pairs), len(self.top_ps)
-        super().__init__(1 + n_pairs * n_ps + n_pairs)
+        super().__init__(1 + n_pairs * n_ps + n_pairs + 1)
 
     def _config(self) -> dict:
         return {"n_members": self.n_members, "top_ps": list(self.top_ps), "rule": self.rule}
 
-    def _views(self, sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _views(self, sums: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(count [1], js [pairs, p], agree [pairs], nonfinite [1])`` views of ``sums``."""
         n_pairs, n_ps = len(self.pairs), len(self.top_ps)
         js = sums[1 : 1 + n_pairs * n_ps].view(n_pairs, n_ps)
-        agree = sums[1 + n_pairs * n_ps :]
-        return sums[0:1], js, agree
+        agree = sums[1 + n_pairs * n_ps : 1 + n_pairs * n_ps + n_pairs]
+        return sums[0:1], js, agree, sums[-1:]
 
     def update(self, member_logits: Sequence[torch.Tensor]) -> None:
         """Add one batch: ``member_logits[m]`` is member m's ``[N, V]`` logits for the SAME
@@ -295,7 +444,8 @@ class DisagreementAccumulator(SumAccumulator):
 
         Raises:
             ValueError: wrong number of members or mismatched shapes.
-            NonFiniteLogitsError: NaN/inf logits.
+            NonFiniteLogitsError: NaN/inf in CPU logits (on an accelerator such positions are
+                counted and :meth:`compute` raises).
         """
         if len(member_logits) != self.n_members:
             raise ValueError(f"expected logits of {self.n_members} members, got "
@@ -303,34 +453,61 @@ class DisagreementAccumulator(SumAccumulator):
         shapes = {tuple(t.shape) for t in member_logits}
         if len(shapes) != 1:
             raise ValueError(f"members' logits must have one shape, got {sorted(shapes)}")
-        if member_logits[0].dim() != 2:
-            raise ValueError(f"logits must be [N, V], got {tuple(member_logits[0].shape)}")
-        n, vocab = member_logits[0].shape
-        on_cpu = member_logits[0].device.type == "cpu"
-        step = max(1, (_CHUNK_ELEMENTS if on_cpu else _CHUNK_ELEMENTS_ACCELERATOR) // max(vocab, 1))
+        logits = [_check_logits_2d(t) for t in member_logits]
+        device = logits[0].device
+        logits = [t.to(device) for t in logits]
+        n, vocab = logits[0].shape
+        on_cpu = device.type == "cpu"
+        batch = torch.zeros(self._sums.shape, dtype=torch.float64, device=device)
+        step = max(1, (_CHUNK_ELEMENTS if on_cpu else _CHUNK_ELEMENTS_ACCELERATOR) // vocab)
         for start in range(0, n, step):
-            self._update_chunk([t[start : start + step] for t in member_logits])
+            chunks = [_Chunk(t[start : start + step]) for t in logits]
+            for chunk, full in zip(chunks, logits, strict=True):
+                chunk.raise_if_nonfinite_on_cpu(full)
+            if on_cpu and _SPARSE_ON_CPU:
+                self._add_chunk_sparse(chunks, batch)
+            else:
+                self._add_chunk_dense(chunks, batch)
+        self._add(batch)
 
-    def _update_chunk(self, member_logits: Sequence[torch.Tensor]) -> None:
-        probs = [_log_probs(t).exp() for t in member_logits]  # float64 [n, V] each
-        device = probs[0].device
-        probs = [pr.to(device) for pr in probs]
-        top1 = [t.argmax(dim=-1).to(device) for t in member_logits]  # as argmax_agreement
-        batch = torch.zeros_like(self._sums, device=device)
-        count, js, agree = self._views(batch)
-        count += probs[0].shape[0]
-        if self.pairs:
+    def _add_common(self, chunks: Sequence[_Chunk], batch: torch.Tensor) -> None:
+        """Position count, top-1 agreement and the non-finite count of one chunk."""
+        count, _, agree, nonfinite = self._views(batch)
+        count += chunks[0].logp.shape[0]
+        top1 = [c.logits.argmax(dim=-1) for c in chunks]  # as argmax_agreement
+        for k, (i, j) in enumerate(self.pairs):
+            agree[k] += (top1[i] == top1[j]).sum()
+        finite = chunks[0].finite
+        for c in chunks[1:]:
+            finite = finite & c.finite
+        nonfinite += (~finite).sum()
+
+    def _add_chunk_dense(self, chunks: Sequence[_Chunk], batch: torch.Tensor) -> None:
+        """The dense path: truncated ``[n, V]`` rows per member and level (accelerators)."""
+        self._add_common(chunks, batch)
+        if not self.pairs:
+            return
+        _, js, _, _ = self._views(batch)
+        sorted_rows = [_sort_desc(c.probs) for c in chunks]  # one sort per member per chunk
+        buffer = torch.empty_like(chunks[0].probs)
+        for c, p in enumerate(self.top_ps):
+            trunc = [_truncate_sorted(sr, p, self.rule) for sr in sorted_rows]
+            neg_h = [_neg_entropy_nats(t) for t in trunc]
             for k, (i, j) in enumerate(self.pairs):
-                agree[k] = (top1[i] == top1[j]).sum()
-            sorted_rows = [_sort_desc(pr) for pr in probs]  # one sort per member per chunk
-            buffer = torch.empty_like(probs[0])
-            for c, p in enumerate(self.top_ps):
-                trunc = [_truncate_sorted(sr, p, self.rule) for sr in sorted_rows]
-                neg_h = [_neg_entropy_nats(t) for t in trunc]
-                for k, (i, j) in enumerate(self.pairs):
-                    js_bits = _js_divergence_bits(trunc[i], trunc[j], neg_h[i], neg_h[j], buffer)
-                    js[k, c] = js_bits.clamp(0.0, 1.0).sqrt().sum()
-        self._sums += batch.cpu()
+                js_bits = _js_divergence_bits(trunc[i], trunc[j], neg_h[i], neg_h[j], buffer)
+                js[k, c] += js_bits.clamp(0.0, 1.0).sqrt().sum()
+
+    def _add_chunk_sparse(self, chunks: Sequence[_Chunk], batch: torch.Tensor) -> None:
+        """The sparse CPU path (:func:`_member_levels`, :func:`_pair_js_bits_sparse`)."""
+        self._add_common(chunks, batch)
+        if not self.pairs:
+            return
+        _, js, _, _ = self._views(batch)
+        levels = [self.top_ps[c] for c in self._level_order]
+        members = [_member_levels(c, levels, self.rule) for c in chunks]
+        for k, (i, j) in enumerate(self.pairs):
+            js_bits = _pair_js_bits_sparse(members[i], members[j], len(levels))
+            js[k, self._level_order] += js_bits.clamp(0.0, 1.0).sqrt().sum(dim=0)
 
     def compute(self) -> dict:
         """``{"top_p_rule", "pairs", "positions", "js_distance": [{"top_p", "mean", "std"}],
@@ -340,11 +517,10 @@ class DisagreementAccumulator(SumAccumulator):
 
         Raises:
             EmptyAccumulatorError: nothing accumulated.
+            NonFiniteLogitsError: NaN/inf logits were accumulated (accelerator updates).
         """
-        count, js, agree = self._views(self._sums)
+        count, js, agree = self._checked_views()
         n = float(count[0])
-        if n <= 0:
-            raise EmptyAccumulatorError("no predicted positions were accumulated")
         per_pair_js = js / n  # [pairs, p]
         per_pair_agree = agree / n
         return {
@@ -364,13 +540,24 @@ class DisagreementAccumulator(SumAccumulator):
 
         Raises:
             EmptyAccumulatorError: nothing accumulated.
+            NonFiniteLogitsError: NaN/inf logits were accumulated (accelerator updates).
         """
-        count, js, agree = self._views(self._sums)
+        count, js, agree = self._checked_views()
         n = float(count[0])
-        if n <= 0:
-            raise EmptyAccumulatorError("no predicted positions were accumulated")
         return {
             "pairs": [list(pair) for pair in self.pairs],
             "js_distance": (js / n).tolist(),
             "argmax_agreement": (agree / n).tolist(),
         }
+
+    def _checked_views(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Host ``(count, js, agree)``; raises when empty or when NaN/inf were counted."""
+        count, js, agree, nonfinite = self._views(self._host_sums())
+        n = float(count[0])
+        if n <= 0:
+            raise EmptyAccumulatorError("no predicted positions were accumulated")
+        if float(nonfinite[0]) > 0:
+            raise NonFiniteLogitsError(
+                f"logits contained NaN or inf in {round(float(nonfinite[0]))} of {round(n)} "
+                "positions (a member diverged or its forward pass is broken)")
+        return count, js, agree

@@ -8,12 +8,18 @@ FULL vocabulary V (special tokens included: the model spends probability on them
 Per-position functions return float64 ``[N]`` tensors; :class:`PredictionAccumulator` streams
 the same quantities as float64 sums and :func:`prediction_metrics` is its one-shot form. Both
 use :func:`_prediction_update` / :func:`_prediction_compute`, so they cannot drift apart.
+
+The streaming path works on row chunks of about ``_CHUNK_ELEMENTS`` values, so its float64
+temporaries stay in the CPU cache, and it never synchronises an accelerator: its sums stay on
+the logits' device and NaN/inf logits there are counted and reported by ``compute()`` (on the CPU
+``update`` raises at once).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from fmaudit.metrics.base import EmptyAccumulatorError, SumAccumulator
@@ -32,8 +38,15 @@ __all__ = [
 
 LN2 = math.log(2.0)
 
-# Layout of the flat sums: [n, entropy, kl_uniform, nll_bits, correct, rank_1 .. rank_R].
-_N, _ENTROPY, _KL, _NLL, _CORRECT, _RANKS = range(6)
+# Layout of the flat sums: [n, entropy, kl_uniform, nll_bits, correct, nonfinite,
+# rank_1 .. rank_R]; ``nonfinite`` counts positions with NaN/inf logits (only ever non-zero on an
+# accelerator, where update() cannot raise without waiting for the device).
+_N, _ENTROPY, _KL, _NLL, _CORRECT, _NONFINITE, _RANKS = range(7)
+
+# Values per internal row chunk: [chunk, V] float64 temporaries of 1 MiB stay in the CPU cache
+# (bigger ones are fresh, page-faulting allocations); an accelerator prefers few large kernels.
+_CHUNK_ELEMENTS = 1 << 17
+_CHUNK_ELEMENTS_ACCELERATOR = 1 << 22
 
 
 class NonFiniteLogitsError(ValueError):
@@ -62,10 +75,12 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _check_labels(labels: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
+    """Shape/dtype check; the value range is checked only for CPU labels (on an accelerator
+    that check would wait for the device; an out-of-range id fails there in ``gather``)."""
     if labels.shape != (n,) or labels.is_floating_point():
         raise ValueError(f"labels must be an integer tensor [{n}], got {tuple(labels.shape)} "
                          f"{labels.dtype}")
-    if n and (int(labels.min()) < 0 or int(labels.max()) >= vocab):
+    if n and labels.device.type == "cpu" and (int(labels.min()) < 0 or int(labels.max()) >= vocab):
         raise ValueError(f"labels must lie in [0, {vocab}), got [{int(labels.min())}, "
                          f"{int(labels.max())}] (select predicted positions before calling)")
     return labels.long()
@@ -185,30 +200,117 @@ def _n_ranks(ranks: int, vocab: int) -> int:
     return min(int(ranks), int(vocab))
 
 
+def _check_logits_2d(logits: torch.Tensor) -> torch.Tensor:
+    """Shape/dtype validation only (no pass over the values); MPS logits move to the CPU."""
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a float tensor [N, V], got {tuple(logits.shape)} "
+                         f"{logits.dtype}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"logits need a vocabulary of at least 2, got V={logits.shape[1]}")
+    if logits.device.type == "mps":  # no float64 on Apple GPUs
+        logits = logits.cpu()
+    return logits.detach()
+
+
+def _chunk_rows(logits: torch.Tensor) -> int:
+    """Rows per internal chunk for ``[N, V]`` logits on their device."""
+    budget = _CHUNK_ELEMENTS if logits.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
+    return max(1, budget // logits.shape[1])
+
+
+class _Chunk:
+    """float64 log-probabilities and probabilities of one row chunk of logits.
+
+    ``finite`` (bool ``[n]``) is True for rows whose logits are all finite: the row sum of
+    ``log_softmax`` is finite exactly then (NaN or +inf anywhere makes the whole row NaN, -inf
+    makes that entry -inf), so one ``[n]`` test replaces a pass over ``[n, V]``.
+    """
+
+    __slots__ = ("finite", "logits", "logp", "logp_row_sum", "probs")
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits  # [n, V] as given (argmax / top-1 are taken on it)
+        self.logp = torch.log_softmax(logits.to(torch.float64), dim=-1)  # [n, V]
+        self.logp_row_sum = self.logp.sum(dim=-1)  # [n]
+        self.finite = torch.isfinite(self.logp_row_sum)
+        if self.logp.device.type == "cpu":  # numpy's vectorised exp is ~2x torch's on CPU
+            self.probs = torch.from_numpy(np.exp(self.logp.numpy()))
+        else:
+            self.probs = self.logp.exp()
+
+    def raise_if_nonfinite_on_cpu(self, full: torch.Tensor) -> None:
+        """On the CPU, raise :class:`NonFiniteLogitsError` (counting over all of ``full``);
+        on an accelerator do nothing (the caller counts ``~finite`` into its sums instead)."""
+        if self.logits.device.type == "cpu" and not bool(self.finite.all()):
+            bad = int((~torch.isfinite(full)).any(dim=1).sum())
+            raise NonFiniteLogitsError(
+                f"logits contain NaN or inf in {bad} of {full.shape[0]} positions (the model "
+                "diverged or its forward pass is broken)")
+
+
+def _top_values_sum(probs: torch.Tensor, r: int) -> torch.Tensor:
+    """``sum_n sort_desc(probs_n)[:r]``, float64 ``[r]``: on the CPU a partition (selection,
+    O(V)) and a sort of the r survivors instead of ``topk``; the same values either way."""
+    vocab = probs.shape[1]
+    if probs.device.type != "cpu":
+        return probs.topk(r, dim=-1).values.sum(dim=0)
+    top = np.partition(probs.numpy(), vocab - r, axis=1)[:, vocab - r :]  # [n, r] unordered
+    top.sort(axis=1)
+    return torch.from_numpy(top[:, ::-1].sum(axis=0))
+
+
 def _prediction_update(logits: torch.Tensor, labels: torch.Tensor, ranks: int) -> torch.Tensor:
-    """The float64 CPU sums of one batch in the accumulator's layout (see ``_N`` .. ``_RANKS``)."""
-    logp = _log_probs(logits)
-    n, vocab = logp.shape
-    labels = _check_labels(labels, n, vocab).to(logp.device)
+    """The float64 sums of one batch in the accumulator's layout (see ``_N`` .. ``_RANKS``), on
+    the logits' device.
+
+    Raises:
+        ValueError: bad shapes or (CPU) labels out of range.
+        NonFiniteLogitsError: NaN/inf in CPU logits (on an accelerator they are counted in the
+            ``_NONFINITE`` slot instead).
+    """
+    logits = _check_logits_2d(logits)
+    n, vocab = logits.shape
+    labels = _check_labels(labels, n, vocab).to(logits.device)
     r = _n_ranks(ranks, vocab)
-    out = torch.zeros(_RANKS + r, dtype=torch.float64, device=logp.device)
+    out = torch.zeros(_RANKS + r, dtype=torch.float64, device=logits.device)
     if n == 0:
-        return out.cpu()
+        return out
     out[_N] = n
-    out[_ENTROPY] = _entropy_bits_from_logp(logp).sum()
-    out[_KL] = _kl_uniform_bits_from_logp(logp).sum()
-    out[_NLL] = -logp.gather(1, labels[:, None]).sum() / LN2
-    out[_CORRECT] = (logp.argmax(dim=-1) == labels).sum()
-    out[_RANKS:] = logp.exp().topk(r, dim=-1).values.sum(dim=0)
-    return out.cpu()  # one transfer per batch
+    step = _chunk_rows(logits)
+    for start in range(0, n, step):
+        chunk = _Chunk(logits[start : start + step])
+        chunk.raise_if_nonfinite_on_cpu(logits)
+        lab = labels[start : start + step]
+        logp, probs = chunk.logp, chunk.probs
+        # H = -sum p ln p / ln 2 (p = exp(log p) > 0 for finite logits: no 0 * -inf);
+        # one dot product over the whole chunk.
+        out[_ENTROPY] -= torch.dot(probs.reshape(-1), logp.reshape(-1)) / LN2
+        # KL(U || P) = -log2 V - mean_v log2 p_v, from the row sums already taken
+        out[_KL] += -chunk.logp.shape[0] * math.log2(vocab) - chunk.logp_row_sum.sum() / (
+            vocab * LN2)
+        out[_NLL] -= logp.gather(1, lab[:, None]).sum() / LN2
+        # argmax of the logits = argmax of log_softmax (a shift; ties: lowest id either way)
+        out[_CORRECT] += (chunk.logits.argmax(dim=-1) == lab).sum()
+        out[_NONFINITE] += (~chunk.finite).sum()
+        out[_RANKS:] += _top_values_sum(probs, r)
+    return out
 
 
 def _prediction_compute(sums: torch.Tensor, vocab: int) -> dict:
     """Means from the sums: ``{positions, entropy_bits, entropy_normalized, kl_uniform_bits,
-    cross_entropy_bits, perplexity, accuracy, ranks, rank_profile}`` (plain Python numbers)."""
+    cross_entropy_bits, perplexity, accuracy, ranks, rank_profile}`` (plain Python numbers).
+
+    Raises:
+        EmptyAccumulatorError: no position. NonFiniteLogitsError: NaN/inf logits were counted.
+    """
+    sums = sums.cpu()
     n = float(sums[_N])
     if n <= 0:
         raise EmptyAccumulatorError("no predicted positions were accumulated")
+    nonfinite = round(float(sums[_NONFINITE]))
+    if nonfinite:
+        raise NonFiniteLogitsError(f"logits contained NaN or inf in {nonfinite} of {round(n)} "
+                                   "positions (the model diverged or its forward pass is broken)")
     ce = float(sums[_NLL]) / n
     entropy = float(sums[_ENTROPY]) / n
     profile = (sums[_RANKS:] / n).tolist()
@@ -228,7 +330,8 @@ def _prediction_compute(sums: torch.Tensor, vocab: int) -> dict:
 class PredictionAccumulator(SumAccumulator):
     """Streaming predictive metrics for one ensemble member.
 
-    Keeps float64 sums ``[n, sum H, sum KL(U||P), sum CE, #correct, sum p_(1) .. sum p_(R)]``,
+    Keeps float64 sums ``[n, sum H, sum KL(U||P), sum CE, #correct, #non-finite, sum p_(1) ..
+    sum p_(R)]``,
     so memory is independent of the number of positions and sums from several processes add
     up (``sums()`` / ``load_sums()`` / ``merge()``).
 
@@ -256,22 +359,26 @@ class PredictionAccumulator(SumAccumulator):
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add ``logits [N, V]`` and ``labels [N]`` of N predicted positions.
 
+        Never waits for an accelerator: the sums stay on the logits' device.
+
         Raises:
-            ValueError: ``V != vocab_size``, bad shapes or labels out of range.
-            NonFiniteLogitsError: NaN/inf logits.
+            ValueError: ``V != vocab_size``, bad shapes or (CPU) labels out of range.
+            NonFiniteLogitsError: NaN/inf in CPU logits. On an accelerator such positions are
+                counted instead and :meth:`compute` raises.
         """
         if logits.dim() == 2 and logits.shape[1] != self.vocab_size:
             raise ValueError(f"logits cover {logits.shape[1]} tokens, the accumulator expects "
                              f"vocab_size={self.vocab_size}")
-        self._sums += _prediction_update(logits, labels, self.ranks)
+        self._add(_prediction_update(logits, labels, self.ranks))
 
     def compute(self) -> dict:
         """Means over all accumulated positions (see :func:`prediction_metrics`).
 
         Raises:
             EmptyAccumulatorError: nothing accumulated.
+            NonFiniteLogitsError: NaN/inf logits were accumulated (accelerator updates).
         """
-        return _prediction_compute(self._sums, self.vocab_size)
+        return _prediction_compute(self._host_sums(), self.vocab_size)
 
 
 def prediction_metrics(logits: torch.Tensor, labels: torch.Tensor, ranks: int = 100) -> dict:

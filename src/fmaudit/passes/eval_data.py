@@ -29,6 +29,11 @@ class EvalBatch:
     def n_predicted(self) -> int:
         return int(self.labels.numel())
 
+    def pin_memory(self) -> EvalBatch:
+        """Page-locked copies, so a later ``to(cuda, non_blocking=True)`` overlaps compute."""
+        return EvalBatch(*(t.pin_memory() for t in (
+            self.window_ids, self.input_ids, self.attention_mask, self.target_mask, self.labels)))
+
     def to(self, device: torch.device, non_blocking: bool = False) -> EvalBatch:
         return EvalBatch(*(t.to(device, non_blocking=non_blocking) for t in (
             self.window_ids, self.input_ids, self.attention_mask, self.target_mask, self.labels)))

@@ -22,9 +22,11 @@ from fmaudit.passes.distributed import all_reduce_sum, gather_objects
 from fmaudit.passes.eval_data import EvalBatch
 
 
-def target_logits(logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-    """``logits [B, L, V]`` at ``target_mask [B, L]`` -> ``[N, V]`` float32, row-major order."""
-    return logits[target_mask].float()
+def target_logits(logits: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
+    """``logits [B, L, V]`` at the flattened positions ``flat_index [N]`` (the row-major
+    ``target_mask.flatten().nonzero()``, computed on the CPU so no device sync is needed)
+    -> ``[N, V]`` float32."""
+    return logits.flatten(0, 1).index_select(0, flat_index).float()
 
 
 def mean_pool(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
@@ -67,31 +69,39 @@ def run_prediction_pass(
     label_counts = torch.zeros(vocab_size, dtype=torch.float64, device=device)
     with torch.inference_mode():
         for batch in batches:
-            batch = batch.to(device, non_blocking=device.type == "cuda")
+            # decided on the CPU copy: no device synchronisation per batch
+            keep = (batch.window_ids < contextual_windows) if want_hidden else None
+            any_keep = bool(keep.any()) if keep is not None else False
+            n_windows, n_labels = batch.window_ids.numel(), batch.labels.numel()
+            flat_index = batch.target_mask.flatten().nonzero().squeeze(1)
+            if device.type != "cpu":
+                batch = (batch.pin_memory() if device.type == "cuda" else batch).to(
+                    device, non_blocking=True)
+                keep = keep.to(device, non_blocking=True) if any_keep else keep
+                flat_index = flat_index.to(device, non_blocking=True)
             labels = batch.labels
-            keep = batch.window_ids < contextual_windows if want_hidden else None
             member_logits = []
             for m, (model, mid) in enumerate(zip(models, member_ids, strict=True)):
                 with autocast(device, dtype):
                     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 output_hidden_states=want_hidden)
-                logits = target_logits(out.logits, batch.target_mask)
+                logits = target_logits(out.logits, flat_index)
                 try:
                     preds[m].update(logits, labels)
                 except NonFiniteLogitsError:
                     raise FmauditError(f"{mid}: the model produced NaN/inf logits; refusing to "
                                        "average them (check the weights and --dtype)") from None
                 member_logits.append(logits)
-                if want_hidden and keep is not None and bool(keep.any()):
+                if any_keep:
                     pool = mean_pool(out.hidden_states, batch.attention_mask)[keep]
                     pooled[m].append(pool.cpu())
             disagreement.update(member_logits)
-            if want_hidden and keep is not None and bool(keep.any()):
+            if any_keep:
                 pooled_ids.append(batch.window_ids[keep].cpu())
-            counts += torch.tensor([batch.window_ids.numel(), labels.numel()], dtype=torch.float64)
+            counts += torch.tensor([n_windows, n_labels], dtype=torch.float64)
             label_counts += torch.bincount(labels, minlength=vocab_size).double()
             if progress is not None:
-                progress.update(int(batch.window_ids.numel()))
+                progress.update(n_windows)
     for acc in [*preds, disagreement]:
         acc.load_sums(all_reduce_sum(acc.sums()))
     counts = all_reduce_sum(counts)
