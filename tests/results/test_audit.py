@@ -339,3 +339,30 @@ def test_warns_when_the_corpus_does_not_fit_the_tokenizer(tmp_path, capsys):
                         "--seq-len", "16", "--analyses", "predictions"], capsys)
     assert code == 0
     assert "[UNK]" in err and "does not fit the tokenizer" in err
+
+
+def test_foreign_causal_tokenizer_without_padding(tmp_path, capsys):
+    """A GPT-2/Pythia-style byte-level BPE with no pad, CLS or SEP token, as on the Hub."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = tmp_path / "t.txt"
+    text.write_text("\n\n".join(f"document {i}: the cat sat on the mat while the dog ran. " * 20
+                                for i in range(6)))
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.train([str(text)], trainers.BpeTrainer(vocab_size=300,
+                                                   special_tokens=["<|endoftext|>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
+                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    assert tok.pad_token is None
+    paths = []
+    for seed in (0, 1):
+        model = tiny_model("gpt2", len(tok), seed)
+        paths.append(str(save_member(tmp_path / f"m{seed}", model, tok)))
+    code, _, err = run(["report", *paths, "--corpus", str(text), "--samples", "4",
+                        "--seq-len", "16", "--analyses", "predictions,fisher",
+                        "--fisher-samples", "2", "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    e = json.loads((tmp_path / "o" / "report.json").read_text())["ensembles"]["model"]
+    assert e["objective"] == "clm" and e["corpus"]["positions"] > 0

@@ -221,9 +221,18 @@ def load_tokenizer(member: ResolvedMember, trust_remote_code: bool = False) -> A
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(member.path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(member.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise FmauditError(f"{member.id}: cannot load its tokenizer ({exc})") from None
+    if tok.pad_token is None:
+        # GPT-2/Pythia-style tokenizers have no padding token; padded positions are masked out
+        # by the attention mask and never predicted, so any special token will do
+        fallback = tok.eos_token or tok.unk_token or tok.bos_token
+        if fallback is None:
+            raise FmauditError(f"{member.id}: its tokenizer has no padding, end or unknown "
+                               "token to pad windows with")
+        tok.pad_token = fallback
+    return tok
 
 
 def parameter_count(model: Any) -> int:

@@ -78,6 +78,9 @@ def resolve_ensemble(name: str, specs: list[str], cfg: AuditConfig) -> list[Memb
     if not members:
         raise FmauditError(f"ensemble {name!r}: no members")
     ref = members[0]
+    if ref.objective == mload.MLM and ref.tokenizer.mask_token_id is None:
+        raise FmauditError(f"{ref.resolved.id}: a masked language model whose tokenizer has no "
+                           "mask token")
     ref_vocab = ref.tokenizer.get_vocab()
     for m in members[1:]:
         if m.objective != ref.objective:
