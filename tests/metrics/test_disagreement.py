@@ -235,3 +235,84 @@ def test_disagreement_bad_inputs():
         acc.compute()
     with pytest.raises(ValueError):
         acc.merge(DisagreementAccumulator(2, [0.5], "paper"))
+
+
+# -- the sparse CPU path against the dense path and brute force --------------------------------
+def tricky_logits(n: int, v: int, seed: int) -> torch.Tensor:
+    """Rows that stress truncation: flat and peaked rows, runs of equal values (ties that
+    straddle a top-p cut), and probabilities that underflow to exactly 0."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, v, generator=gen) * torch.rand(n, 1, generator=gen) * 4
+    logits[0::4] = torch.round(logits[0::4] * 2) / 2  # quantised: many ties
+    logits[1::4, : v // 3] = 2.0  # one long run of equal top values
+    logits[2::7, :2] = 900.0  # everything else underflows to probability 0
+    return logits
+
+
+def accumulate(members, top_ps, rule, sparse, monkeypatch):
+    monkeypatch.setattr(disagreement, "_SPARSE_ON_CPU", sparse)
+    acc = DisagreementAccumulator(len(members), top_ps, rule)
+    acc.update(members)
+    return acc
+
+
+@pytest.mark.parametrize("rule", ["nucleus", "paper"])
+@pytest.mark.parametrize("top_ps", [[0.05, 0.1, 0.3, 0.5, 0.9, 1.0], [0.7, 0.05, 0.3, 0.3]])
+def test_sparse_path_equals_dense_path(rule, top_ps, monkeypatch):
+    members = [tricky_logits(40, 23, seed) for seed in (1, 2, 3)]
+    members.append(members[0].clone())  # an identical pair: JS exactly 0
+    members.append(members[1] * (1 + 1e-7))  # a nearly identical pair: the exact fallback
+    sparse = accumulate(members, top_ps, rule, True, monkeypatch)
+    dense = accumulate(members, top_ps, rule, False, monkeypatch)
+    torch.testing.assert_close(sparse.sums(), dense.sums(), rtol=1e-10, atol=1e-12)
+    identical = sparse.pairs.index((0, 3))
+    assert sparse.pair_means()["js_distance"][identical] == [0.0] * len(top_ps)
+    # members 0, 1, 2 against slowly truncated rows and scipy's relative entropy
+    probs = [scipy.special.softmax(m.double().numpy(), axis=1) for m in members[:3]]
+    for i, j in [(0, 1), (0, 2), (1, 2)]:
+        for c, p in enumerate(top_ps):
+            ti = np.array([slow_truncate(list(r), p, rule) for r in probs[i]])
+            tj = np.array([slow_truncate(list(r), p, rule) for r in probs[j]])
+            m = (ti + tj) / 2
+            jsd = (scipy.special.rel_entr(ti, m).sum(1) + scipy.special.rel_entr(tj, m).sum(1))
+            expected = np.sqrt(np.clip(jsd / (2 * math.log(2)), 0, 1)).mean()
+            got = sparse.pair_means()["js_distance"][sparse.pairs.index((i, j))][c]
+            assert got == pytest.approx(expected, rel=1e-9), (i, j, p)
+
+
+@pytest.mark.parametrize("rule", ["nucleus", "paper"])
+def test_member_levels_reproduce_dense_truncation(rule):
+    logits = tricky_logits(24, 17, seed=4)
+    levels = [0.05, 0.2, 0.5, 0.8, 1.0]
+    ws = disagreement._Workspace(24, 17, len(levels))
+    chunk = disagreement._Chunk(logits)
+    member = disagreement._member_levels(chunk, levels, rule, ws)
+    for c, p in enumerate(levels):
+        kept = torch.from_numpy(member.entry) <= c
+        ours = torch.where(kept, member.probs, 0.0) / member.mass[:, c : c + 1]
+        expected = truncate_top_p(chunk.probs, p, rule)
+        assert torch.equal(ours > 0, expected > 0), p  # the same kept tokens, ties included
+        torch.testing.assert_close(ours, expected, rtol=1e-13, atol=0)
+
+
+def test_wide_sort_keys_give_the_same_sums(monkeypatch):
+    members = [tricky_logits(12, 19, seed) for seed in (5, 6)]
+    narrow = accumulate(members, [0.1, 0.6, 1.0], "nucleus", True, monkeypatch)
+    monkeypatch.setattr(disagreement, "_NARROW_KEY_BITS", 0)  # force uint64 keys
+    wide = accumulate(members, [0.1, 0.6, 1.0], "nucleus", True, monkeypatch)
+    assert wide._workspace.dtype == np.uint64 and narrow._workspace.dtype == np.uint32
+    assert torch.equal(wide.sums(), narrow.sums())
+
+
+def test_nonfinite_count_in_sums_raises_at_compute():
+    """On an accelerator update() only counts NaN/inf positions (no host sync); the count
+    travels with the sums (all-reduce) and compute() raises."""
+    acc = DisagreementAccumulator(2, [0.5])
+    acc.update([torch.randn(3, 4), torch.randn(3, 4)])
+    sums = acc.sums()
+    sums[-1] = 2  # the non-finite slot, as an accelerator update would have counted
+    acc.load_sums(sums)
+    with pytest.raises(NonFiniteLogitsError, match="2 of 3"):
+        acc.compute()
+    with pytest.raises(NonFiniteLogitsError):
+        acc.pair_means()

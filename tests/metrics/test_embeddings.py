@@ -4,6 +4,7 @@ invariances (rotation, scaling, permutation)."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -353,3 +354,71 @@ def test_permuted_geometry_reuses_cache_and_equals_recomputing(pair):
                     assert got[key][k] == pytest.approx(value[k], rel=1e-6, abs=1e-9), key
             else:
                 assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+# -- fast paths against their plain definitions -----------------------------------------------
+def test_ascending_keys_sort_like_a_stable_argsort_with_signed_zeros():
+    v = np.array([[0.5, -0.0, 0.0, -1.5, np.inf, -np.inf, 1e-30, -1e-30, 0.5, -3.0]],
+                 dtype=np.float32)
+    keys = emb._ascending_keys(v)
+    keys.sort(axis=1)
+    np.testing.assert_array_equal(emb._key_columns(keys)[0], np.argsort(v[0], kind="stable"))
+    high = keys >> np.uint64(32)
+    assert high[0, 4] == high[0, 5]  # -0.0 and 0.0 are one value (as for scipy's ranks)
+
+
+def test_topk_rows_equal_a_stable_descending_sort():
+    x = torch.round(randn(50, 40, seed=14) * 2).float()  # many ties
+    x.fill_diagonal_(-math.inf)
+    for k in (1, 7, 39):
+        expected = np.argsort(-x.numpy(), axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(emb._topk_rows(x, k).numpy(), expected)
+
+
+@pytest.mark.parametrize("quantum", [0.0, 0.5])  # continuous values, or many ties
+def test_side_spearman_matches_scipy_rowwise(quantum):
+    gen = torch.Generator().manual_seed(15)
+    own = torch.randn(60, 30, generator=gen)
+    other = own + torch.randn(60, 30, generator=gen)
+    if quantum:
+        own, other = torch.round(own / quantum) * quantum, torch.round(other / quantum) * quantum
+    own = own.sort(dim=1, descending=True).values  # a neighbour list: descending own values
+    other[3] = 1.0  # no variance: NaN, as scipy
+    ks = [2, 5, 30]
+    got = emb._side_spearman(own, other, ks).numpy()
+    for t, k in enumerate(ks):
+        for i in range(60):
+            with warnings.catch_warnings():  # scipy warns on the constant (NaN) rows
+                warnings.simplefilter("ignore")
+                expected = scipy.stats.spearmanr(own[i, :k].numpy(), other[i, :k].numpy())[0]
+            if np.isnan(expected):
+                assert np.isnan(got[i, t]), (i, k)
+            else:
+                assert got[i, t] == pytest.approx(expected, rel=1e-12, abs=1e-14), (i, k)
+
+
+def test_permuted_partner_reads_through_its_permutation_exactly(pair):
+    a, b = pair
+    ga, gb = EmbeddingGeometry(a), EmbeddingGeometry(b)
+    gen = torch.Generator().manual_seed(4)
+    once = gb.permuted(gen)
+    twice = once.permuted(gen)  # a permutation of a permutation reads the same source
+    assert twice._source is gb
+    for partner in (once, twice):
+        perm = partner._perm
+        assert torch.equal(partner.matrix, b[perm])
+        assert torch.equal(partner.similarity, gb.similarity[perm][:, perm])
+        kernel, norm, _ = gb.rbf
+        expected = emb._frobenius_dot(ga.rbf[0], kernel[perm][:, perm]) / (ga.rbf[1] * norm)
+        assert emb._rbf_alignment(ga, partner) == pytest.approx(expected, rel=1e-12)
+        assert emb._rbf_alignment(partner, ga) == pytest.approx(expected, rel=1e-12)
+        rows = slice(3, 20)
+        idx = partner.knn(7)[rows]
+        assert torch.equal(partner._similarities_at(rows, idx),
+                           partner.similarity[rows].gather(1, idx))
+        assert torch.equal(partner._neighbour_similarities(7),
+                           partner.similarity.gather(1, partner.knn(7)))
+    both = emb._rbf_alignment(once, twice)
+    k1, k2 = once.rbf[0], twice.rbf[0]
+    assert both == pytest.approx(emb._frobenius_dot(k1, k2) / (once.rbf[1] * twice.rbf[1]),
+                                 rel=1e-12)

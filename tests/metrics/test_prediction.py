@@ -162,3 +162,40 @@ def test_low_precision_logits_are_computed_in_float64():
     expected = scipy.stats.entropy(_probs(half.float()), base=2, axis=1)
     np.testing.assert_allclose(entropy_bits(half), expected, rtol=1e-10)
     assert entropy_bits(half).dtype == torch.float64
+
+
+def test_internal_row_chunks_do_not_change_the_sums(batch, monkeypatch):
+    import fmaudit.metrics.prediction as prediction
+
+    logits, labels = batch
+    whole = PredictionAccumulator(V, ranks=8)
+    whole.update(logits, labels)
+    monkeypatch.setattr(prediction, "_CHUNK_ELEMENTS", 3 * V)  # 3 positions per chunk
+    chunked = PredictionAccumulator(V, ranks=8)
+    chunked.update(logits, labels)
+    torch.testing.assert_close(chunked.sums(), whole.sums(), rtol=1e-12, atol=1e-12)
+    expected = -np.sum(_probs(logits) * np.log2(_probs(logits)))
+    assert chunked.compute()["entropy_bits"] * 40 == pytest.approx(expected, rel=1e-12)
+
+
+def test_nonfinite_count_in_sums_raises_at_compute(batch):
+    """On an accelerator update() only counts NaN/inf positions (no host sync); the count
+    travels with the sums (all-reduce) and compute() raises."""
+    import fmaudit.metrics.prediction as prediction
+
+    logits, labels = batch
+    acc = PredictionAccumulator(V)
+    acc.update(logits, labels)
+    sums = acc.sums()
+    sums[prediction._NONFINITE] = 3
+    acc.load_sums(sums)
+    with pytest.raises(NonFiniteLogitsError, match="3 of 40"):
+        acc.compute()
+
+
+def test_minus_inf_logit_is_caught_on_cpu(batch):
+    logits, labels = batch
+    broken = logits.clone()
+    broken[7, 0] = -math.inf  # exp gives 0 there: only the log-prob row sum sees it
+    with pytest.raises(NonFiniteLogitsError, match="1 of 40"):
+        PredictionAccumulator(V).update(broken, labels)

@@ -13,8 +13,8 @@ Two implementations of the same formulas feed the accumulator:
 * sparse (CPU): a member's truncation at all levels is one sort of the probability VALUES and
   a per-row threshold per level (``entry[v]`` = the first level that keeps token v); a pair's
   JS divergence at level c needs logarithms only on the tokens BOTH members keep there
-  (:func:`_pair_js_bits_sparse`), about ``sum_c p_c^2`` of the vocabulary instead of all of it
-  at every level.
+  (:func:`_pair_js_bits_sparse`): for unrelated members about ``sum_c p_c^2`` of the
+  vocabulary, at most ``sum_c p_c``, instead of all of it at every level.
 
 Tests run both on the same data and require equal sums (``tests/metrics``).
 """
@@ -54,6 +54,9 @@ _CHUNK_ELEMENTS_ACCELERATOR = 1 << 22
 
 # The accumulator uses the sparse path for CPU tensors (tests switch it off to compare paths).
 _SPARSE_ON_CPU = True
+
+# Sort keys (see _Workspace) are uint32 when they fit in this many bits, else uint64.
+_NARROW_KEY_BITS = 32
 
 
 def _check_probs(probs: torch.Tensor, name: str = "probs") -> torch.Tensor:
@@ -264,16 +267,55 @@ def argmax_agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Te
 
 
 # -- sparse CPU path ---------------------------------------------------------------------------
+class _Workspace:
+    """Reused buffers of the sparse path for chunks of up to ``rows`` rows.
+
+    Fresh multi-MiB allocations are page-faulting mappings that cost more than the arithmetic
+    done in them, so the pair buffers are allocated once per accumulator. Sort keys pack
+    ``(row, entry level, token id)`` into one unsigned integer, most significant first: sorting
+    a row's keys orders its tokens by level, and the keys of a whole chunk are then sorted
+    globally, so one ``searchsorted`` finds every row's level boundaries.
+    """
+
+    def __init__(self, rows: int, vocab: int, n_levels: int) -> None:
+        self.rows, self.vocab = rows, vocab
+        self.tok_bits = max(1, (vocab - 1).bit_length())
+        self.row_shift = self.tok_bits + max(1, n_levels.bit_length())  # entry in [0, L]
+        bits = self.row_shift + max(1, (rows - 1).bit_length())
+        self.dtype = np.uint32 if bits <= _NARROW_KEY_BITS else np.uint64
+        row_ids = np.arange(rows, dtype=self.dtype)[:, None]
+        self.base = (row_ids << self.dtype(self.row_shift)) | np.arange(vocab, dtype=self.dtype)
+        self.key = np.empty((rows, vocab), dtype=self.dtype)
+        self.order = torch.empty(rows, vocab, dtype=torch.long)
+        self.gathered = torch.empty(4, rows * vocab + 1, dtype=torch.float64)
+        self._t = np.empty(0)
+        self._log = np.empty(0)
+
+    def t_buffer(self, size: int) -> np.ndarray:
+        """A float64 buffer of ``size`` elements (grown, never shrunk)."""
+        if self._t.size < size:
+            self._t = np.empty(size)
+        return self._t[:size]
+
+    def log_buffer(self, size: int) -> np.ndarray:
+        if self._log.size < size:
+            self._log = np.empty(size)
+        return self._log[:size]
+
+
 class _MemberLevels(NamedTuple):
     """One member's chunk truncated at every level (levels in ascending order of p)."""
 
     probs: torch.Tensor  # float64 [n, V]
-    plogp: torch.Tensor  # float64 [n, V]: p ln p
     entry: np.ndarray  # uint8 [n, V]: first level keeping the token (L: no level keeps it)
+    key: np.ndarray  # [n, V] sort keys (row, entry, token id), see _Workspace
     mass: torch.Tensor  # float64 [n, L]: kept mass Z_c of each level
+    has_zero: bool  # some probability underflowed to 0 (then x ln x needs 0 ln 0 = 0)
 
 
-def _member_levels(chunk: _Chunk, levels: Sequence[float], rule: str) -> _MemberLevels:
+def _member_levels(
+    chunk: _Chunk, levels: Sequence[float], rule: str, ws: _Workspace
+) -> _MemberLevels:
     """Truncate one member's CPU chunk at all ``levels`` (ascending) from one value sort.
 
     With ``d`` the row's probabilities sorted descending and ``c_j`` their cumulative sum
@@ -288,16 +330,17 @@ def _member_levels(chunk: _Chunk, levels: Sequence[float], rule: str) -> _Member
     values = probs.numpy()
     desc = torch.from_numpy(np.ascontiguousarray(np.sort(values, axis=1)[:, ::-1]))
     csum = desc.cumsum(dim=1)  # [n, V], descending order
-    cum = csum / csum[:, -1:]
     partial = [c for c, p in enumerate(levels) if p < 1.0]  # a prefix: levels ascend
     kept = torch.full((n, len(levels)), vocab, dtype=torch.long)
     entry = np.zeros((n, vocab), dtype=np.uint8)
     if partial:
-        targets = torch.tensor([levels[c] for c in partial], dtype=torch.float64).expand(n, -1)
-        if rule == "nucleus":  # same counts as _kept_counts, all levels in one search
-            k = (torch.searchsorted(cum, targets.contiguous(), right=False) + 1).clamp_(max=vocab)
+        cum = csum / csum[:, -1:]
+        targets = torch.tensor([levels[c] for c in partial], dtype=torch.float64)
+        targets = targets.expand(n, -1).contiguous()
+        if rule == "nucleus":  # the counts of _kept_counts, all levels in one search
+            k = (torch.searchsorted(cum, targets, right=False) + 1).clamp_(max=vocab)
         else:
-            k = torch.searchsorted(cum, targets.contiguous(), right=True).clamp_(min=1)
+            k = torch.searchsorted(cum, targets, right=True).clamp_(min=1)
         kept[:, : len(partial)] = k
         tau = desc.gather(1, k - 1)  # [n, L'] the smallest kept value
         straddle = ((k < vocab) & (desc.gather(1, k.clamp(max=vocab - 1)) == tau)).any(dim=1)
@@ -312,20 +355,40 @@ def _member_levels(chunk: _Chunk, levels: Sequence[float], rule: str) -> _Member
             rank = torch.empty_like(order).scatter_(
                 1, order, torch.arange(vocab).expand(len(rows), vocab))
             entry[rows.numpy()] = (rank[:, :, None] >= k[rows][:, None, :]).sum(dim=2).numpy()
+    key = entry.astype(ws.dtype)
+    np.left_shift(key, ws.dtype(ws.tok_bits), out=key)
+    np.bitwise_or(key, ws.base[:n], out=key)
     mass = csum.gather(1, kept - 1)  # [n, L]
-    return _MemberLevels(probs, probs * chunk.logp, entry, mass)
+    has_zero = bool((desc[:, -1] == 0.0).any())  # the smallest value of every row
+    return _MemberLevels(probs, entry, key, mass, has_zero)
+
+
+def _x_ln_x(x: np.ndarray, out: np.ndarray, zeros: bool, scratch: np.ndarray | None = None):
+    """``out = x ln x`` elementwise with ``0 ln 0 = 0`` (``out`` may be ``x``).
+
+    Zeros (probabilities that underflowed) are only looked for when ``zeros`` is set: they are
+    raised to the smallest normal float, whose ``x ln x`` (~1e-305) is 0 to any precision here.
+    """
+    if zeros:
+        x = np.maximum(x, np.finfo(np.float64).tiny)
+    log = np.log(x, out=scratch if scratch is not None else (out if out is not x else None))
+    np.multiply(x, log, out=out)
+    return out
 
 
 def _segment_sums(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``sum(flat[..., s : s + l])`` per segment along the last axis (0 for ``l = 0``).
 
-    ``flat`` must have one spare element after the last segment (``reduceat`` reads
+    Segment i runs to segment i + 1's start (``reduceat``), so the lengths only mark the empty
+    ones. ``flat`` must hold a finite element after the last segment (``reduceat`` reads
     ``flat[s]`` for an empty segment, and a start may equal the data length).
     """
     return np.add.reduceat(flat, starts, axis=-1) * (lengths > 0)
 
 
-def _pair_js_bits_sparse(a: _MemberLevels, b: _MemberLevels, n_levels: int) -> torch.Tensor:
+def _pair_js_bits_sparse(
+    a: _MemberLevels, b: _MemberLevels, n_levels: int, ws: _Workspace
+) -> torch.Tensor:
     """Base-2 JS divergence of members a and b truncated at every level, float64 ``[n, L]``.
 
     With ``p' = p / Z_p`` and ``q' = q / Z_q`` the truncated rows, ``s = p' + q'``,
@@ -337,52 +400,62 @@ def _pair_js_bits_sparse(a: _MemberLevels, b: _MemberLevels, n_levels: int) -> t
     and ``S_x`` the sums over I, so one logarithm per element of ``I_c`` per level. Rows below
     ``_EXACT_BELOW`` bits are recomputed densely from the ratios (as the dense path).
     """
-    probs_a, n, vocab = a.probs, *a.probs.shape
-    e = np.maximum(a.entry, b.entry)  # [n, V] level where v enters the intersection
-    order = torch.from_numpy(np.argsort(e, axis=1, kind="stable"))  # radix sort of bytes
-    # cnt[:, c] = |I_c| per row
-    cnt = np.stack([np.count_nonzero(e <= c, axis=1) for c in range(n_levels)], axis=1)
-    # p, q, p ln p, q ln q in that order, one spare zero at the end for reduceat
-    gathered = torch.zeros(4, n * vocab + 1, dtype=torch.float64)
-    view = gathered[:, : n * vocab].view(4, n, vocab)
-    for slot, src in enumerate((a.probs, b.probs, a.plogp, b.plogp)):
+    n, vocab = a.probs.shape
+    size = n * vocab
+    row_start = np.arange(n) * vocab
+    # keys share row and token bits: the max carries max(entry_a, entry_b)
+    key = np.maximum(a.key, b.key, out=ws.key[:n])
+    key.sort(axis=1)
+    levels_up = np.arange(1, n_levels + 1, dtype=ws.dtype) << ws.dtype(ws.tok_bits)
+    bounds = ws.base[:n, :1] | levels_up  # [n, L]: the first key of level c + 1 in each row
+    ends = np.searchsorted(key.reshape(-1), bounds.reshape(-1)).reshape(n, n_levels)
+    cnt = ends - row_start[:, None]  # [n, L]: |I_c| per row
+    order = ws.order[:n]
+    np.bitwise_and(key, ws.dtype((1 << ws.tok_bits) - 1), out=order.numpy(), casting="unsafe")
+    gathered = ws.gathered[:, : size + 1]
+    gathered[:, size] = 0.0
+    view = gathered[:, :size].view(4, n, vocab)
+    for slot, src in enumerate((a.probs, b.probs)):
         torch.gather(src, 1, order, out=view[slot])
-    # S_x over I_c: sums per (row, bucket c), then cumulative over buckets
-    bucket_len = np.diff(cnt, axis=1, prepend=0)  # [n, L]
-    bucket_start = (np.arange(n)[:, None] * vocab + cnt - bucket_len).ravel()
-    buckets = _segment_sums(gathered.numpy(), bucket_start, bucket_len.ravel())
-    s_p, s_q, s_plogp, s_qlogq = torch.from_numpy(
-        np.cumsum(buckets.reshape(4, n, n_levels), axis=2))
-    del s_p  # = Z_p-weighted share, not needed
+    # p ln p and q ln q in that order: recomputing the (hot) logarithms is cheaper than
+    # gathering precomputed ones from memory
+    flat = gathered.numpy()
+    for slot in (0, 1):
+        _x_ln_x(flat[slot, :size], flat[slot + 2, :size], a.has_zero or b.has_zero)
+    # S_x over I_c: sums per (row, level bucket), cumulated over the buckets
+    starts = np.concatenate([row_start[:, None], ends], axis=1)  # [n, L + 1] bucket starts
+    lengths = np.diff(starts, axis=1, append=0)
+    buckets = _segment_sums(gathered[1:].numpy(), starts.reshape(-1), lengths.reshape(-1))
+    s_q, s_plogp, s_qlogq = torch.from_numpy(
+        np.cumsum(buckets.reshape(3, n, n_levels + 1)[:, :, :n_levels], axis=2))
     ratio = a.mass / b.mass  # r [n, L]
-    t_sum = torch.zeros(n, n_levels, dtype=torch.float64)
+    # T_c = sum_{I_c} t ln t: every level's [n, width_c] block in one buffer, one log
+    widths = cnt.max(axis=0)  # [L]
+    offsets = np.concatenate([[0], np.cumsum(n * widths)])
+    total = int(offsets[-1])
+    flat = ws.t_buffer(total + 1)
+    flat[total] = 0.0
     p_sorted, q_sorted = view[0], view[1]
-    for c in range(n_levels):
-        width = int(cnt[:, c].max())
-        if width == 0:
-            continue
-        buf = np.empty(n * width + 1)
-        buf[-1] = 0.0
-        t = torch.from_numpy(buf[:-1]).view(n, width)
+    for c in np.flatnonzero(widths):
+        width = int(widths[c])
+        t = torch.from_numpy(flat[offsets[c] : offsets[c + 1]]).view(n, width)
         torch.addcmul(p_sorted[:, :width], ratio[:, c : c + 1], q_sorted[:, :width], out=t)
-        tn = buf[:-1]
-        logt = np.log(tn)
-        np.multiply(tn, logt, out=tn)  # t ln t
-        starts = np.arange(n) * width
-        ends = starts + cnt[:, c]
-        pairs = np.stack([starts, ends], axis=1).ravel()
-        t_sum[:, c] = torch.from_numpy(_segment_sums(buf, pairs, np.ones(2 * n))[::2]
-                                       * (cnt[:, c] > 0))
-    sum_d = (t_sum - s_plogp - ratio * s_qlogq - ratio * ratio.log() * s_q) / a.mass
-    js = 1.0 - sum_d / (2.0 * LN2)
+    values = flat[:total]
+    _x_ln_x(values, values, a.has_zero and b.has_zero, ws.log_buffer(total))  # t ln t
+    first = offsets[:-1, None] + np.arange(n)[None, :] * widths[:, None]  # [L, n]
+    segments = np.stack([first, first + cnt.T], axis=2).reshape(-1)
+    t_sum = np.add.reduceat(flat, segments)[::2].reshape(n_levels, n).T * (cnt > 0)
+    sum_d = (torch.from_numpy(t_sum) - s_plogp - ratio * s_qlogq - ratio * ratio.log() * s_q)
+    js = 1.0 - sum_d / (a.mass * (2.0 * LN2))
     close = js < _EXACT_BELOW
-    if bool(close.any()):  # nearly identical rows: the ratio form, on dense truncated rows
+    if bool(close.any()):  # nearly identical rows: the ratio form on dense truncated rows,
+        # normalised as the dense path does (the sqrt of a ~1e-15 divergence feels 1e-16)
         rows, lev = close.nonzero(as_tuple=True)
-        entry_a, entry_b = torch.from_numpy(a.entry), torch.from_numpy(b.entry)
         lev_col = lev[:, None].to(torch.uint8)
-        p = torch.where(entry_a[rows] <= lev_col, probs_a[rows], 0.0) / a.mass[rows, lev, None]
-        q = torch.where(entry_b[rows] <= lev_col, b.probs[rows], 0.0) / b.mass[rows, lev, None]
-        js[rows, lev] = _js_divergence_exact_bits(p, q)
+        p = torch.where(torch.from_numpy(a.entry)[rows] <= lev_col, a.probs[rows], 0.0)
+        q = torch.where(torch.from_numpy(b.entry)[rows] <= lev_col, b.probs[rows], 0.0)
+        js[rows, lev] = _js_divergence_exact_bits(p / p.sum(dim=-1, keepdim=True),
+                                                  q / q.sum(dim=-1, keepdim=True))
     return js
 
 
@@ -425,6 +498,7 @@ class DisagreementAccumulator(SumAccumulator):
         # the sparse path wants ascending levels; _level_order[c] = position of level c in top_ps
         self._level_order = sorted(range(len(self.top_ps)), key=lambda c: self.top_ps[c])
         self.pairs = pair_indices(self.n_members)
+        self._workspace: _Workspace | None = None  # sparse-path buffers, built on first use
         n_pairs, n_ps = len(self.pairs), len(self.top_ps)
         super().__init__(1 + n_pairs * n_ps + n_pairs + 1)
 
@@ -464,7 +538,7 @@ class DisagreementAccumulator(SumAccumulator):
             chunks = [_Chunk(t[start : start + step]) for t in logits]
             for chunk, full in zip(chunks, logits, strict=True):
                 chunk.raise_if_nonfinite_on_cpu(full)
-            if on_cpu and _SPARSE_ON_CPU:
+            if on_cpu and _SPARSE_ON_CPU and len(self.top_ps) < 255:  # entry levels: uint8
                 self._add_chunk_sparse(chunks, batch)
             else:
                 self._add_chunk_dense(chunks, batch)
@@ -504,9 +578,13 @@ class DisagreementAccumulator(SumAccumulator):
             return
         _, js, _, _ = self._views(batch)
         levels = [self.top_ps[c] for c in self._level_order]
-        members = [_member_levels(c, levels, self.rule) for c in chunks]
+        n, vocab = chunks[0].probs.shape
+        ws = self._workspace
+        if ws is None or ws.vocab != vocab or ws.rows < n:
+            ws = self._workspace = _Workspace(n, vocab, len(levels))
+        members = [_member_levels(c, levels, self.rule, ws) for c in chunks]
         for k, (i, j) in enumerate(self.pairs):
-            js_bits = _pair_js_bits_sparse(members[i], members[j], len(levels))
+            js_bits = _pair_js_bits_sparse(members[i], members[j], len(levels), ws)
             js[k, self._level_order] += js_bits.clamp(0.0, 1.0).sqrt().sum(dim=0)
 
     def compute(self) -> dict:

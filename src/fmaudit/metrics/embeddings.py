@@ -17,6 +17,12 @@ many members pairwise, build one :class:`EmbeddingGeometry` per member (it cache
 per-member work: similarity matrix, k-NN lists, centred matrices, RBF Gram) and call
 :func:`compare_embeddings` per pair; both paths use the same private helpers. Cosine
 similarities are float32 (neighbour ranks do not need more); Procrustes and CKA are float64.
+A null partner (:meth:`EmbeddingGeometry.permuted`) reads its member's cached matrices through
+the permutation instead of copying them.
+
+Speed on CPU: ranks come from sorting integer keys that pack (float32 value, column) (numpy's
+vectorised integer sort beats ``argsort`` and is stable by construction); k-NN lists select
+with a partition before sorting; local Spearman uses the closed form for tie-free rows.
 """
 
 from __future__ import annotations
@@ -101,12 +107,67 @@ def _argsort_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.argsort(x, dim=1)
 
 
+def _ascending_keys(values: np.ndarray) -> np.ndarray:
+    """uint64 keys ``[r, m]`` whose row-wise ascending order is the ascending order of the
+    float32 ``values``, ties broken by column (lower first).
+
+    The high 32 bits map each float to an unsigned integer with the same order (sign bit
+    flipped for positives, all bits for negatives; -0.0 first becomes +0.0 so equal values get
+    equal keys); the low 32 bits hold the column. numpy's vectorised integer sort of these keys
+    is several times faster than ``argsort``, and stable by construction.
+    """
+    bits = np.add(values, np.float32(0.0), dtype=np.float32).view(np.int32)
+    # signed order: non-negative floats keep their bits, negative ones flip the magnitude
+    ordered = bits ^ ((bits >> np.int32(31)) & np.int32(0x7FFFFFFF))
+    keys = np.empty(values.shape, dtype=np.uint64)
+    np.add(ordered, np.int32(-(2**31)), out=keys.view(np.int64), dtype=np.int64, casting="unsafe")
+    # the above is ordered + 2^31 as an unsigned 32-bit number, widened to 64 bits
+    keys <<= np.uint64(32)
+    keys |= np.arange(values.shape[1], dtype=np.uint64)
+    return keys
+
+
+def _key_columns(keys: np.ndarray) -> np.ndarray:
+    """The column indices (low 32 bits) of :func:`_ascending_keys` output, int64."""
+    return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
 def _topk_rows(sim: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest entries of each row, largest first, LongTensor ``[r, k]``."""
-    if sim.device.type == "cpu" and 8 * k >= sim.shape[1]:
-        # a large k: one full vectorised sort beats torch.topk's selection
-        return _argsort_rows(sim)[:, -k:].flip(1)
-    return sim.topk(k, dim=1).indices
+    """Indices of the k largest entries of each row, largest first, LongTensor ``[r, k]``
+    (on CPU, among equal values the lower index comes first, as a stable sort).
+
+    On CPU, per block of rows: a partition selects the k largest (O(n)), then only those are
+    sorted (integer keys, :func:`_ascending_keys`); rows where a run of equal values straddles
+    the k-th place are sorted whole, so the choice among them is the stable one too.
+    """
+    if sim.device.type != "cpu":
+        return sim.topk(k, dim=1).indices
+    r, n = sim.shape
+    out = torch.empty(r, k, dtype=torch.long)
+    step = max(1, (1 << 20) // n)  # the partition's int64 output stays ~8 MiB
+    for start in range(0, r, step):
+        block = sim[start : start + step]
+        x = block.numpy()
+        if k < n:
+            cand = torch.from_numpy(np.argpartition(x, n - k, axis=1)[:, n - k :])
+            values = block.gather(1, cand).numpy()
+            low = values.min(axis=1, keepdims=True)  # the k-th largest value
+            straddle = np.flatnonzero(
+                (x == low).sum(axis=1) > (values == low).sum(axis=1))
+            if straddle.size:  # equal values cut by the partition: take whole rows
+                keys = _ascending_keys(-x[straddle])
+                keys.sort(axis=1)
+                cand[straddle] = torch.from_numpy(_key_columns(keys[:, :k]))
+                values[straddle] = np.take_along_axis(x[straddle], cand[straddle].numpy(), 1)
+        else:
+            cand, values = torch.arange(n).expand(block.shape[0], n), x
+        keys = _ascending_keys(-values)  # ascending in -value: largest first
+        # among equal values order by token index, not by position among the candidates
+        keys &= ~np.uint64(0xFFFFFFFF)
+        keys |= cand.numpy().astype(np.uint64)
+        keys.sort(axis=1)
+        out[start : start + step] = torch.from_numpy(_key_columns(keys))
+    return out
 
 
 def _sorted_values(x: torch.Tensor) -> torch.Tensor:
@@ -271,14 +332,18 @@ def knn_jaccard(idx_a: torch.Tensor, idx_b: torch.Tensor, ks: Sequence[int]) -> 
     n = idx_a.shape[0]
     idx_b = idx_b.to(idx_a.device)
     totals = torch.zeros(len(ks), dtype=torch.float64)
-    ranks = torch.arange(kmax, dtype=torch.int32, device=idx_a.device)
+    dtype = torch.int16 if kmax < 2**15 else torch.int32  # half the memory traffic
+    ranks = torch.arange(kmax, dtype=dtype, device=idx_a.device)
     step = _rows_per_block(n)
+    # pos[r, j] = rank of j in A's list of row r (kmax = absent); filled once, and only the
+    # scattered entries are reset after each block
+    buffer = torch.full((min(step, n), n), kmax, dtype=dtype, device=idx_a.device)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        # pos[r, j] = rank of j in A's list of row r (kmax = absent); then look up B's list.
-        pos = torch.full((stop - start, n), kmax, dtype=torch.int32, device=idx_a.device)
-        pos.scatter_(1, idx_a[start:stop, :kmax], ranks.expand(stop - start, kmax))
+        pos, cols = buffer[: stop - start], idx_a[start:stop, :kmax]
+        pos.scatter_(1, cols, ranks.expand(stop - start, kmax))
         pos_of_b = pos.gather(1, idx_b[start:stop, :kmax])  # [c, kmax]
+        pos.scatter_(1, cols, kmax)
         for t, k in enumerate(ks):
             inter = (pos_of_b[:, :k] < k).sum(dim=1).double()
             totals[t] += (inter / (2 * k - inter)).sum().cpu()
@@ -372,18 +437,51 @@ def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, cov / denom.clamp_min(1e-300), math.nan)
 
 
-def _local_spearman_block(
-    sim_a: torch.Tensor, sim_b: torch.Tensor, knn_a: torch.Tensor, knn_b: torch.Tensor, k: int
-) -> torch.Tensor:
-    """Per-row local Spearman for a block of rows (see :func:`local_spearman`), float64
-    ``[c]``, NaN for excluded rows. ``knn_x`` must come from ``sim_x`` (descending order)."""
-    rhos = []
-    for own_sim, other_sim, knn in ((sim_a, sim_b, knn_a), (sim_b, sim_a, knn_b)):
-        idx = knn[:, :k]
-        own = own_sim.gather(1, idx)  # descending (top-k order): ranks need no sort
-        own_ranks = _average_ranks_sorted(own, descending=True)
-        rhos.append(_pearson_rows(own_ranks, _average_ranks(other_sim.gather(1, idx))))
-    return 0.5 * (rhos[0] + rhos[1])  # NaN if either neighbourhood is degenerate
+def _side_spearman(own: torch.Tensor, other: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+    """Row-wise Spearman correlation of ``own[:, :k]`` and ``other[:, :k]`` for every k,
+    float64 ``[c, len(ks)]`` (NaN where a row has no rank variance).
+
+    ``own`` must be sorted descending in every row (a neighbour list in similarity order), so
+    its ranks need no sort. Rows without ties in either prefix take the closed form for two
+    permutations of ``0..k-1``: ``rho = (sum_j r_j s_j - k mu^2) / (k (k^2 - 1) / 12)``,
+    ``mu = (k - 1) / 2``, where ``sum_j r_j s_j = sum_m m (k - 1 - col(m))`` with ``col(m)`` the
+    column of the m-th smallest ``other`` value (one integer-key sort per k, exact integer
+    sums); rows with ties take average ranks and Pearson, as ``scipy.stats.spearmanr``.
+    """
+    c, width = own.shape
+    out = torch.empty(c, len(ks), dtype=torch.float64)
+    if c == 0:
+        return out
+    own_np = own.numpy()
+    equal_next = own_np[:, 1:] == own_np[:, :-1]  # [c, K - 1], descending: ties are adjacent
+    first_tie = np.where(equal_next.any(axis=1), equal_next.argmax(axis=1), width)
+    other_keys = _ascending_keys(other.numpy())  # columns 0..K-1 in the low bits
+    for t, k in enumerate(ks):
+        keys = other_keys[:, :k].copy()
+        keys.sort(axis=1)
+        high = keys >> np.uint64(32)
+        tied = (high[:, 1:] == high[:, :-1]).any(axis=1) | (first_tie <= k - 2)
+        # sum_m m * own_rank(col(m)), own_rank(j) = k - 1 - j (descending own values)
+        cross = (k - 1 - _key_columns(keys)).astype(np.float64) @ np.arange(k, dtype=np.float64)
+        mu = (k - 1) / 2.0
+        rho = torch.from_numpy((cross - k * mu * mu) / (k * (k * k - 1) / 12.0))
+        rows = np.flatnonzero(tied)
+        if rows.size:  # average ranks, both taken in the sorted order of `other`
+            sorted_keys = keys[rows]
+            own_ranks = _average_ranks_sorted(own[rows, :k], descending=True)
+            own_at = own_ranks.gather(1, torch.from_numpy(_key_columns(sorted_keys)))
+            other_ranks = _average_ranks_sorted(torch.from_numpy(
+                (sorted_keys >> np.uint64(32)).astype(np.int64)))
+            rho[torch.from_numpy(rows)] = _pearson_rows(own_at, other_ranks)
+        out[:, t] = rho
+    return out
+
+
+def _spearman_totals(rho_a: torch.Tensor, rho_b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per k: the sum and count of ``(rho_a + rho_b) / 2`` over rows where both are defined."""
+    rho = (0.5 * (rho_a + rho_b)).numpy()
+    ok = ~np.isnan(rho)
+    return np.where(ok, rho, 0.0).sum(axis=0), ok.sum(axis=0)
 
 
 def _nanmean(total: float, count: int) -> float:
@@ -418,10 +516,12 @@ def local_spearman(A: torch.Tensor, B: torch.Tensor, k: int) -> float:
     for start in range(0, n, step):
         stop = min(n, start + step)
         sa, sb = _similarity_rows(ra, start, stop), _similarity_rows(rb, start, stop)
-        rho = _local_spearman_block(sa, sb, _topk_rows(sa, k), _topk_rows(sb, k), k)
-        ok = ~torch.isnan(rho)
-        total += float(rho[ok].sum())
-        count += int(ok.sum())
+        knn_a, knn_b = _topk_rows(sa, k), _topk_rows(sb, k)
+        rho_a = _side_spearman(sa.gather(1, knn_a), sb.gather(1, knn_a), [k])
+        rho_b = _side_spearman(sb.gather(1, knn_b), sa.gather(1, knn_b), [k])
+        block_total, block_count = _spearman_totals(rho_a, rho_b)
+        total += float(block_total[0])
+        count += int(block_count[0])
     return _nanmean(total, count)
 
 
@@ -530,13 +630,24 @@ def _rbf_centred_gram(gram: torch.Tensor, sigma_rule: float) -> tuple[torch.Tens
     sq = gram.diagonal().clone()
     # ||x_i - x_j||^2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j
     d2 = (gram * -2.0).add_(sq[:, None]).add_(sq[None, :]).clamp_min_(0.0)
-    d2 = (d2 + d2.T).mul_(0.5)  # exactly symmetric (BLAS need not be), so pairs count twice
+    # exactly symmetric (BLAS need not be), so pairs count twice; numpy reads the transpose
+    # faster than torch on CPU (the same IEEE operations either way)
+    if d2.device.type == "cpu":
+        both = np.add(d2.numpy(), d2.numpy().T)
+        d2 = torch.from_numpy(np.multiply(both, np.float32(0.5), out=both))
+    else:
+        d2 = (d2 + d2.T).mul_(0.5)
     d2.fill_diagonal_(0.0)
     sigma = sigma_rule * _median_pair_distance(d2)
     if not sigma > 0:
         raise ValueError("RBF bandwidth is 0: more than half of the row pairs coincide")
-    # K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2)), float64 from here on
-    kernel = d2.to(torch.float64).mul_(-0.5 / sigma**2).exp_()
+    # K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2)), float64 from here on (numpy's vectorised exp
+    # is ~4x torch's on CPU)
+    if d2.device.type == "cpu":
+        values = np.multiply(d2.numpy(), -0.5 / sigma**2, dtype=np.float64)
+        kernel = torch.from_numpy(np.exp(values, out=values))
+    else:
+        kernel = d2.to(torch.float64).mul_(-0.5 / sigma**2).exp_()
     del d2
     row_means = kernel.mean(dim=1, keepdim=True)  # K symmetric: column means = row means
     kernel.sub_(row_means).sub_(row_means.T).add_(row_means.mean())
@@ -603,9 +714,10 @@ class EmbeddingGeometry:
     """One member's static embedding matrix ``[n, d]`` with its per-member work cached.
 
     Everything is computed lazily, once: the cosine similarity matrix (float32 ``n x n``,
-    diagonal -inf), the k-NN lists, the centred unit-norm float64 matrix for Procrustes/linear
-    CKA and the centred RBF Gram (float64 ``n x n``). For n = 4101 that is about 230 MB per
-    member (67 MB similarities, 135 MB Gram); drop the object to free it.
+    diagonal -inf), the k-NN lists and the similarities to them, the centred unit-norm float64
+    matrix for Procrustes/linear CKA and the centred RBF Gram (float64 ``n x n``). For n = 4101
+    that is about 230 MB per member (67 MB similarities, 135 MB Gram); drop the object to free
+    it. :meth:`permuted` partners read through a permutation instead of copying those.
 
     Args:
         E: float ``[n, d]`` (rows already restricted with :func:`usable_rows`).
@@ -617,6 +729,11 @@ class EmbeddingGeometry:
         self.n_rows, self.dim = self.matrix.shape
         self.sigma_rule = float(sigma_rule)
         self._knn: torch.Tensor | None = None
+        self._neighbour_sim: torch.Tensor | None = None
+        # a permuted partner: row i is row perm[i] of `_source` (see permuted())
+        self._source: EmbeddingGeometry | None = None
+        self._perm: torch.Tensor | None = None
+        self._inverse: torch.Tensor | None = None
 
     @cached_property
     def _row_data(self) -> _Rows:
@@ -635,6 +752,9 @@ class EmbeddingGeometry:
     @cached_property
     def similarity(self) -> torch.Tensor:
         """float32 ``[n, n]`` cosine similarities, diagonal -inf."""
+        if self._source is not None:  # materialised only when asked for directly
+            perm = self._perm
+            return self._source.similarity[perm][:, perm]
         gram, rows = self._gram, self._row_data
         n = self.n_rows
         sim = torch.empty(n, n, dtype=torch.float32, device=gram.device)
@@ -650,58 +770,109 @@ class EmbeddingGeometry:
         """LongTensor ``[n, k]``: the k nearest other rows, descending similarity."""
         k = _check_k(k, self.n_rows)
         if self._knn is None or self._knn.shape[1] < k:
-            self._knn = _topk_rows(self.similarity, k)
+            if self._source is not None:  # neighbour j of row perm[i] becomes inverse[j]
+                self._knn = self._inverse[self._source.knn(k)[self._perm]]
+            else:
+                self._knn = _topk_rows(self.similarity, k)
+            self._neighbour_sim = None
         return self._knn[:, :k]
+
+    def _neighbour_similarities(self, k: int) -> torch.Tensor:
+        """float32 ``[n, k]``: ``cos(i, knn(k)[i, j])``, descending in every row."""
+        self.knn(k)
+        width = self._knn.shape[1]
+        if self._neighbour_sim is None or self._neighbour_sim.shape[1] < k:
+            if self._source is not None:
+                self._neighbour_sim = self._source._neighbour_similarities(width)[self._perm]
+            else:
+                self._neighbour_sim = self.similarity.gather(1, self._knn)
+        return self._neighbour_sim[:, :k]
+
+    def _similarities_at(self, rows: slice, idx: torch.Tensor) -> torch.Tensor:
+        """float32 ``[c, m]``: ``cos(i, idx[i - rows.start, j])`` for the rows ``rows``."""
+        if self._source is None:
+            return self.similarity[rows].gather(1, idx)
+        perm = self._perm  # read through the permutation: whole rows, then within rows
+        return self._source.similarity.index_select(0, perm[rows]).gather(1, perm[idx])
 
     @cached_property
     def centred_unit(self) -> torch.Tensor:
         """float64 ``[n, d]``: column-centred, unit Frobenius norm."""
+        if self._source is not None:
+            return self._source.centred_unit[self._perm]
         return _centred_unit(self.matrix, "embeddings")
 
     @cached_property
     def self_cross_norm(self) -> float:
         """``||U^T U||_F`` of :attr:`centred_unit` (linear CKA denominator)."""
+        if self._source is not None:  # invariant to the row order
+            return self._source.self_cross_norm
         u = self.centred_unit
         return float(torch.linalg.matrix_norm(u.T @ u))
 
     @cached_property
     def rbf(self) -> tuple[torch.Tensor, float, float]:
         """``(H K H as float64 [n, n], its Frobenius norm, sigma)``."""
+        if self._source is not None:  # materialised only when asked for directly
+            kernel, norm, sigma = self._source.rbf
+            return kernel[self._perm][:, self._perm], norm, sigma
         kernel, sigma = _rbf_centred_gram(self._gram, self.sigma_rule)
         self.__dict__["rbf"] = (kernel, math.sqrt(_frobenius_dot(kernel, kernel)), sigma)
         self._drop_gram_when_done()
         return self.__dict__["rbf"]
 
+    def _rbf_parts(self) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+        """``(kernel, its norm, row order)``: this member's centred RBF Gram is
+        ``kernel[order][:, order]`` (order None: as is), without copying it."""
+        if self._source is not None:
+            kernel, norm, _ = self._source.rbf
+            return kernel, norm, self._perm
+        kernel, norm, _ = self.rbf
+        return kernel, norm, None
+
     def permuted(self, generator: torch.Generator | None = None) -> EmbeddingGeometry:
-        """The geometry of :func:`row_permuted` rows (the null partner), built by permuting
-        whatever this member has already computed instead of recomputing it.
+        """The geometry of :func:`row_permuted` rows (the null partner). It shares this
+        member's cached work and reads it through the permutation (k-NN lists are remapped,
+        similarities and RBF Gram entries are looked up), so nothing ``n x n`` is copied.
 
         Uses the same permutation as ``row_permuted(self.matrix, generator)`` for a generator
         in the same state.
         """
         n = self.n_rows
         perm = torch.randperm(n, generator=generator).to(self.matrix.device)
-        inverse = torch.empty_like(perm).scatter_(0, perm, torch.arange(n, device=perm.device))
         new = EmbeddingGeometry.__new__(EmbeddingGeometry)
         new.matrix, new.n_rows, new.dim = self.matrix[perm], n, self.dim
         new.sigma_rule = self.sigma_rule
-        # row i of the new matrix is row perm[i] of the old one, neighbour j becomes inverse[j]
-        new._knn = None if self._knn is None else inverse[self._knn[perm]]
-        cache = self.__dict__
-        if "_row_data" in cache:
-            new.__dict__["_row_data"] = _Rows(cache["_row_data"].x[perm],
-                                              cache["_row_data"].inv_norm[perm])
-        for name in ("_gram", "similarity"):
-            if name in cache:
-                new.__dict__[name] = cache[name][perm][:, perm]
-        if "centred_unit" in cache:
-            new.__dict__["centred_unit"] = cache["centred_unit"][perm]
-        if "self_cross_norm" in cache:  # invariant to the row order
-            new.__dict__["self_cross_norm"] = cache["self_cross_norm"]
-        if "rbf" in cache:
-            kernel, norm, sigma = cache["rbf"]
-            new.__dict__["rbf"] = (kernel[perm][:, perm], norm, sigma)
+        new._knn = new._neighbour_sim = None
+        # compose with our own permutation, so every partner reads the unpermuted source
+        new._source = self if self._source is None else self._source
+        new._perm = perm if self._perm is None else self._perm[perm]
+        new._inverse = torch.empty_like(new._perm).scatter_(
+            0, new._perm, torch.arange(n, device=perm.device))
         return new
+
+
+def _rbf_alignment(a: EmbeddingGeometry, b: EmbeddingGeometry) -> float:
+    """``<K_a, K_b>_F / (||K_a|| ||K_b||)`` of two centred RBF Grams (see :func:`rbf_cka`)."""
+    (ka, norm_a, order_a), (kb, norm_b, order_b) = a._rbf_parts(), b._rbf_parts()
+    if order_a is None and order_b is None:
+        return _frobenius_dot(ka, kb) / (norm_a * norm_b)
+    n = ka.shape[0]
+    if order_a is None:  # sum_ij ka[i, j] kb[q_i, q_j], q = order_b
+        q = order_b
+    elif order_b is None:
+        ka, kb, q = kb, ka, order_a
+    else:  # i -> order_a^-1(i): sum_ij ka[i, j] kb[q_i, q_j] with q = order_b[order_a^-1]
+        inverse = torch.empty_like(order_a).scatter_(0, order_a, torch.arange(n))
+        q = order_b[inverse]
+    total = 0.0
+    step = max(1, (1 << 21) // n)  # blocks of 16 MiB
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        rows = kb.index_select(0, q[start:stop])  # whole rows: contiguous copies
+        block = rows.gather(1, q.expand(stop - start, n))
+        total += float(torch.dot(ka[start:stop].reshape(-1), block.reshape(-1)))
+    return total / (norm_a * norm_b)
 
 
 def compare_embeddings(
@@ -734,18 +905,20 @@ def compare_embeddings(
         out["local_spearman"] = {}
         sp_ks = [k for k in ks if k >= 2]
         if sp_ks:
-            knn_a, knn_b = a.knn(max(sp_ks)), b.knn(max(sp_ks))
-            step = _rows_per_block(max(sp_ks) * 8)
-            for k in sp_ks:
-                total, count = 0.0, 0
-                for start in range(0, n, step):
-                    rows = slice(start, min(n, start + step))
-                    rho = _local_spearman_block(a.similarity[rows], b.similarity[rows],
-                                                knn_a[rows], knn_b[rows], k)
-                    ok = ~torch.isnan(rho)
-                    total += float(rho[ok].sum())
-                    count += int(ok.sum())
-                out["local_spearman"][k] = _nanmean(total, count)
+            kmax = max(sp_ks)
+            knn_a, knn_b = a.knn(kmax), b.knn(kmax)
+            own_a, own_b = a._neighbour_similarities(kmax), b._neighbour_similarities(kmax)
+            totals, counts = np.zeros(len(sp_ks)), np.zeros(len(sp_ks), dtype=np.int64)
+            step = _rows_per_block(kmax * 8)
+            for start in range(0, n, step):
+                rows = slice(start, min(n, start + step))
+                rho_a = _side_spearman(own_a[rows], b._similarities_at(rows, knn_a[rows]), sp_ks)
+                rho_b = _side_spearman(own_b[rows], a._similarities_at(rows, knn_b[rows]), sp_ks)
+                block_total, block_count = _spearman_totals(rho_a, rho_b)
+                totals += block_total
+                counts += block_count
+            out["local_spearman"] = {k: _nanmean(float(totals[t]), int(counts[t]))
+                                     for t, k in enumerate(sp_ks)}
     if "procrustes" in metrics or "linear_cka" in metrics:
         ua, ub = a.centred_unit, b.centred_unit.to(a.centred_unit.device)
         cross = ua.T @ ub  # shared by Procrustes and linear CKA
@@ -757,8 +930,7 @@ def compare_embeddings(
         if "linear_cka" in metrics:
             out["linear_cka"] = _linear_cka_units(cross, a.self_cross_norm, b.self_cross_norm)
     if "rbf_cka" in metrics:
-        (ka, norm_a, _), (kb, norm_b, _) = a.rbf, b.rbf
-        out["rbf_cka"] = _frobenius_dot(ka, kb) / (norm_a * norm_b)
+        out["rbf_cka"] = _rbf_alignment(a, b)
     return out
 
 

@@ -122,8 +122,15 @@ def run_prediction_pass(
         for m in range(len(models)):
             parts = [g[1][m] for g in gathered if g[1][m] is not None]
             result_pooled.append(torch.cat(parts)[order] if parts else None)
+    members = []
+    for acc, mid in zip(preds, member_ids, strict=True):
+        try:  # on an accelerator, NaN/inf is counted on the device and surfaces here
+            members.append(acc.compute())
+        except NonFiniteLogitsError:
+            raise FmauditError(f"{mid}: the model produced NaN/inf logits; refusing to average "
+                               "them (check the weights and --dtype)") from None
     return PredictionResult(
-        members=[acc.compute() for acc in preds],
+        members=members,
         disagreement=disagreement.compute(),
         pooled=result_pooled,
         window_ids=window_ids,
