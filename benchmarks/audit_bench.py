@@ -172,7 +172,10 @@ def training(recipe: str, steps: int) -> dict:
 
     proc = subprocess.run([sys.executable, str(Path(__file__).parent / "train_vs_trainer.py"),
                            "--recipe", recipe, "--steps", str(steps), "--json"],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True)
+    if proc.returncode != 0:  # e.g. a recipe whose batch does not fit the bundled corpus
+        lines = proc.stderr.strip().splitlines()
+        return {"recipe": recipe, "steps": steps, "error": lines[-1] if lines else "failed"}
     out = json.loads(proc.stdout)
     return {"recipe": recipe, "steps": steps, "ratio": out["ratio"],
             "fmaudit_tokens_per_s": out["fmaudit"]["tokens_per_s"],
@@ -240,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(e) static-embedding metrics, {args.members} members x 4101 x "
           f"{SIZES[args.size][0]}: {out['static_embeddings_s']:.2f} s")
     tr = out.get("training")
-    if tr:
+    if tr and "error" in tr:
+        print(f"(f) training comparison failed: {tr['error']}")
+    elif tr:
         print(f"(f) training tokens/s: fmaudit {tr['fmaudit_tokens_per_s']:.0f}, Trainer "
               f"{tr['trainer_tokens_per_s']:.0f}, ratio {tr['ratio']:.2f}")
     return 0

@@ -157,11 +157,11 @@ def run_fisher_pass(model: Any, batches: Iterable[EvalBatch], *, estimator: str 
             loss = torch.nn.functional.cross_entropy(chosen, y, reduction="mean")
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             sq = [torch.zeros((), dtype=torch.float64, device=device) if g is None
-                  else g.double().pow(2).sum() for g in grads]
+                  else _sq_sum(g) for g in grads]
             tied_sq = None
             if tied:
                 gi, go = grads[index[in_name]], grads[index[out_name]]
-                tied_sq = (gi.double() + go.double()).pow(2).sum()
+                tied_sq = _sq_sum(gi + go)
             n = chosen.shape[0]
         _accumulate(sq, names, out_name, in_name, tied_sq, sums, sums_tied)
         tokens += n
@@ -232,11 +232,11 @@ def _squared_grads_expanded(model, params, input_ids, attention_mask, cols, labe
             sq.append(torch.zeros((), dtype=torch.float64, device=device))
             per_sample.append(None)
             continue
-        sq.append(gs.double().pow(2).sum())
+        sq.append(_sq_sum(gs))
         per_sample.append(gs)
     tied_sq = None
     if out_index is not None and in_index is not None:
-        tied_sq = (per_sample[in_index].double() + per_sample[out_index].double()).pow(2).sum()
+        tied_sq = _sq_sum(per_sample[in_index] + per_sample[out_index])
     for p in params:
         if hasattr(p, "grad_sample"):
             del p.grad_sample
@@ -262,10 +262,16 @@ def _squared_grads_loop(model, params, input_ids, attention_mask, cols, labels, 
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for i, g in enumerate(grads):
             if g is not None:
-                sq[i] += g.double().pow(2).sum()
+                sq[i] += _sq_sum(g)
         if tied_sq is not None and in_index is not None:
-            tied_sq += (grads[in_index].double() + grads[out_index].double()).pow(2).sum()
+            tied_sq += _sq_sum(grads[in_index] + grads[out_index])
     return sq, tied_sq
+
+
+def _sq_sum(g: torch.Tensor) -> torch.Tensor:
+    """Σ g², squares in the gradient's precision, accumulated in float64 (no float64 copy of
+    a [windows x parameter] tensor)."""
+    return (g * g).sum(dtype=torch.float64)
 
 
 def _row_windows(batch: EvalBatch) -> torch.Tensor:
