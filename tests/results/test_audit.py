@@ -366,3 +366,17 @@ def test_foreign_causal_tokenizer_without_padding(tmp_path, capsys):
     assert code == 0, err
     e = json.loads((tmp_path / "o" / "report.json").read_text())["ensembles"]["model"]
     assert e["objective"] == "clm" and e["corpus"]["positions"] > 0
+
+
+@pytest.mark.parametrize("remove,needle", [("config.json", "config.json"),
+                                           ("model.safetensors", "no model weights")])
+def test_member_missing_files_exit_2(tmp_path, genome, capsys, remove, needle):
+    path = save_family(tmp_path / "fam", "bert", seeds=(0,))[0]
+    (path / remove).unlink()
+    code, _, err = run(["report", str(path), "--corpus", str(genome)], capsys)
+    assert code == 2 and needle in err and str(path) in err
+
+
+def test_not_a_folder_nor_a_hub_id(tmp_path, genome, capsys):
+    code, _, err = run(["report", "./no/such/folder", "--corpus", str(genome)], capsys)
+    assert code == 2 and "no such folder" in err
