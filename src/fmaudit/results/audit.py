@@ -20,8 +20,8 @@ from fmaudit.errors import FmauditError
 from fmaudit.models import load as mload
 from fmaudit.models.specs import parse_member_specs
 from fmaudit.passes import distributed
+from fmaudit.provenance import command_line, now_utc, tool_info
 from fmaudit.results import SCHEMA_VERSION
-from fmaudit.results.provenance import command_line, now_utc, tool_info
 
 DEFAULT_TOP_P = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_K = (1, 3, 5, 10, 20, 50, 100, 1000)

@@ -14,16 +14,15 @@ Layout of ``OUT`` (``fmaudit report 'OUT/seed<0..4>'`` reads it directly):
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
 
 from fmaudit import __version__
 from fmaudit.errors import FmauditError
+from fmaudit.provenance import now_utc, tool_info
 
 MANIFEST = "fmaudit.json"
 RUN_FILE = "fmaudit-run.json"
@@ -58,18 +57,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-    """Versions of the software that trained the member."""
-    import accelerate
-    import torch
-    import transformers
-
-    return {"fmaudit": __version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-            "python": platform.python_version()}
-
-
-def now_utc() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Versions of the software that trained the member (shared provenance helper)."""
+    info = tool_info()
+    return {"fmaudit": info["version"], "git": info["git"], "torch": info["torch"],
+            "transformers": info["transformers"], "accelerate": info["accelerate"],
+            "python": info["python"]}
 
 
 # -- run identity ---------------------------------------------------------------------------
