@@ -29,6 +29,60 @@ def target_logits(logits: torch.Tensor, flat_index: torch.Tensor) -> torch.Tenso
     return logits.flatten(0, 1).index_select(0, flat_index).float()
 
 
+def split_head(model: Any) -> tuple[Any, Any] | None:
+    """(trunk, head) when the LM is its base model plus exactly one head module (BERT ``cls``,
+    RoBERTa/ESM/GPT-2/Llama ``lm_head``, GPT-NeoX ``embed_out``); None otherwise."""
+    prefix = getattr(model, "base_model_prefix", "")
+    trunk = getattr(model, prefix, None) if prefix else None
+    if trunk is None:
+        return None
+    heads = [module for name, module in model.named_children() if name != prefix]
+    return (trunk, heads[0]) if len(heads) == 1 else None
+
+
+class MemberForward:
+    """One member's forward pass that returns logits only at the predicted positions.
+
+    The vocabulary head runs on the trunk's hidden states at those positions alone (15% of
+    them for a masked LM), which is where most of a small model's head cost goes. The split is
+    checked once, on the first batch, against the model's own full forward; a model whose
+    forward does more than ``head(trunk(x))`` (logit scaling, soft-capping...) keeps the full
+    forward. Architectures in ``VERIFIED`` skip the check (tests/passes/test_member_forward.py).
+    """
+
+    # forwards known (and tested) to be exactly head(trunk(x)); others are checked once
+    VERIFIED = frozenset({"bert", "roberta", "xlm-roberta", "esm", "gpt2", "gpt_neox", "llama"})
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.split = split_head(model)
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        self.checked = self.split is None or model_type in self.VERIFIED
+
+    def __call__(self, batch: EvalBatch, flat_index: torch.Tensor, want_hidden: bool
+                 ) -> tuple[torch.Tensor, Any]:
+        if self.split is None:
+            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             output_hidden_states=want_hidden)
+            return target_logits(out.logits, flat_index), out.hidden_states
+        trunk, head = self.split
+        out = trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    output_hidden_states=want_hidden)
+        hidden = out.last_hidden_state.flatten(0, 1).index_select(0, flat_index)
+        raw = head(hidden)
+        logits = raw.float()
+        if not self.checked:
+            full = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            reference = target_logits(full.logits, flat_index)
+            self.checked = True
+            # half-precision autocast rounds the two paths differently
+            tol = 5e-2 if raw.dtype in (torch.bfloat16, torch.float16) else 1e-4
+            if not torch.allclose(logits, reference, rtol=tol, atol=tol):
+                self.split = None
+                return reference, (out.hidden_states if want_hidden else None)
+        return logits, (out.hidden_states if want_hidden else None)
+
+
 def mean_pool(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean over real tokens of every layer's hidden states -> ``[B, layers, H]`` float32."""
     mask = attention_mask.unsqueeze(-1).float()  # [B, L, 1]
@@ -63,6 +117,7 @@ def run_prediction_pass(
     preds = [PredictionAccumulator(vocab_size) for _ in models]
     disagreement = DisagreementAccumulator(len(models), list(top_ps), top_p_rule)
     want_hidden = contextual_windows > 0
+    forwards = [MemberForward(model) for model in models]
     pooled: list[list[torch.Tensor]] = [[] for _ in models]
     pooled_ids: list[torch.Tensor] = []
     counts = torch.zeros(2, dtype=torch.float64)  # windows, positions
@@ -81,11 +136,9 @@ def run_prediction_pass(
                 flat_index = flat_index.to(device, non_blocking=True)
             labels = batch.labels
             member_logits = []
-            for m, (model, mid) in enumerate(zip(models, member_ids, strict=True)):
+            for m, (forward, mid) in enumerate(zip(forwards, member_ids, strict=True)):
                 with autocast(device, dtype):
-                    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                output_hidden_states=want_hidden)
-                logits = target_logits(out.logits, flat_index)
+                    logits, hidden_states = forward(batch, flat_index, want_hidden)
                 try:
                     preds[m].update(logits, labels)
                 except NonFiniteLogitsError:
@@ -93,7 +146,7 @@ def run_prediction_pass(
                                        "average them (check the weights and --dtype)") from None
                 member_logits.append(logits)
                 if any_keep:
-                    pool = mean_pool(out.hidden_states, batch.attention_mask)[keep]
+                    pool = mean_pool(hidden_states, batch.attention_mask)[keep]
                     pooled[m].append(pool.cpu())
             disagreement.update(member_logits)
             if any_keep:
