@@ -36,6 +36,7 @@ from fmaudit.passes.device import autocast
 from fmaudit.passes.distributed import all_reduce_sum
 from fmaudit.passes.eval_data import EvalBatch
 from fmaudit.passes.masking import window_generator
+from fmaudit.passes.predictions import MemberForward, split_head
 
 ESTIMATORS = ("per-token", "batch")
 LABELS = ("empirical", "sampled")
@@ -182,6 +183,26 @@ def run_fisher_pass(model: Any, batches: Iterable[EvalBatch], *, estimator: str 
                         tied=tied)
 
 
+class TargetLogits(torch.nn.Module):
+    """The LM's logits at one position per window, ``[n, V]``: the vocabulary head runs only
+    there for architectures whose forward is exactly ``head(trunk(x))``
+    (``MemberForward.VERIFIED``), else the full forward is indexed."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        verified = getattr(model.config, "model_type", None) in MemberForward.VERIFIED
+        self.split = split_head(model) if verified else None
+
+    def forward(self, cols: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        rows = torch.arange(cols.numel(), device=cols.device)
+        if self.split is None:
+            return self.model(**inputs).logits[rows, cols]
+        trunk, head = self.split
+        hidden = trunk(**inputs).last_hidden_state[rows, cols]  # [n, H]
+        return head(hidden)
+
+
 def per_window_squared_grads(
     model: Any, names: list[str], params: list[torch.nn.Parameter], input_ids: torch.Tensor,
     attention_mask: torch.Tensor, cols: torch.Tensor, labels: torch.Tensor, in_index: int | None,
@@ -221,9 +242,10 @@ def _squared_grads_expanded(model, params, input_ids, attention_mask, cols, labe
         kwargs["position_ids"] = torch.arange(length, device=device).expand(n, length)
     if getattr(model.config, "type_vocab_size", 0):
         kwargs["token_type_ids"] = torch.zeros_like(input_ids)
+    target = TargetLogits(model)
     with autocast(device, dtype):
-        out = call_for_per_sample_grads(model, batch_size=n, loss_reduction="sum")(**kwargs)
-    chosen = out.logits[torch.arange(n, device=device), cols].float()
+        chosen = call_for_per_sample_grads(target, batch_size=n, loss_reduction="sum")(
+            cols=cols, **kwargs).float()
     torch.nn.functional.cross_entropy(chosen, labels, reduction="sum").backward()
     sq, per_sample = [], []
     for p in params:
@@ -254,11 +276,13 @@ def _squared_grads_loop(model, params, input_ids, attention_mask, cols, labels, 
     sq = [torch.zeros((), dtype=torch.float64, device=device) for _ in params]
     tied_sq = torch.zeros((), dtype=torch.float64, device=device) if out_index is not None \
         else None
+    target = TargetLogits(model)
     for b in range(input_ids.shape[0]):
         one = slice(b, b + 1)
         with autocast(device, dtype):
-            logits = model(input_ids=input_ids[one], attention_mask=attention_mask[one]).logits
-        loss = torch.nn.functional.cross_entropy(logits[0, cols[b]].float()[None], labels[one])
+            chosen = target(input_ids=input_ids[one], attention_mask=attention_mask[one],
+                            cols=cols[one])
+        loss = torch.nn.functional.cross_entropy(chosen.float(), labels[one])
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for i, g in enumerate(grads):
             if g is not None:
