@@ -365,6 +365,20 @@ def test_ascending_keys_sort_like_a_stable_argsort_with_signed_zeros():
     np.testing.assert_array_equal(emb._key_columns(keys)[0], np.argsort(v[0], kind="stable"))
     high = keys >> np.uint64(32)
     assert high[0, 4] == high[0, 5]  # -0.0 and 0.0 are one value (as for scipy's ranks)
+    # the uint32 word views equal the shifts and masks they replace, also on column slices
+    np.testing.assert_array_equal(emb._key_words(keys, high=True), high)
+    np.testing.assert_array_equal(emb._key_words(keys[:, :4]), keys[:, :4] & np.uint64(0xFFFFFFFF))
+
+
+def test_side_spearman_does_not_depend_on_the_order_of_ks():
+    # the last k sorts its keys in place: an earlier, smaller k must not see them sorted
+    gen = torch.Generator().manual_seed(16)
+    own = torch.randn(20, 12, generator=gen).sort(dim=1, descending=True).values
+    other = own + torch.randn(20, 12, generator=gen)
+    forward = emb._side_spearman(own, other, [3, 7, 12]).numpy()
+    backward = emb._side_spearman(own, other.clone(), [12, 7, 3]).numpy()
+    np.testing.assert_array_equal(forward, backward[:, ::-1])
+    np.testing.assert_array_equal(emb._side_spearman(own, other, [12]).numpy(), forward[:, 2:])
 
 
 def test_topk_rows_equal_a_stable_descending_sort():

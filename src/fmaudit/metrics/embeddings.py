@@ -127,9 +127,20 @@ def _ascending_keys(values: np.ndarray) -> np.ndarray:
     return keys
 
 
+# index of the low / high 32-bit word of a uint64 viewed as two uint32
+_LOW_WORD = 0 if np.little_endian else 1
+
+
+def _key_words(keys: np.ndarray, high: bool = False) -> np.ndarray:
+    """The low (column) or high (value) 32 bits of :func:`_ascending_keys` output, as a
+    uint32 VIEW (no copy; the last axis of ``keys`` must be contiguous)."""
+    word = 1 - _LOW_WORD if high else _LOW_WORD
+    return keys.view(np.uint32)[..., word::2]
+
+
 def _key_columns(keys: np.ndarray) -> np.ndarray:
     """The column indices (low 32 bits) of :func:`_ascending_keys` output, int64."""
-    return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return _key_words(keys).astype(np.int64)
 
 
 def _topk_rows(sim: torch.Tensor, k: int) -> torch.Tensor:
@@ -457,12 +468,17 @@ def _side_spearman(own: torch.Tensor, other: torch.Tensor, ks: Sequence[int]) ->
     first_tie = np.where(equal_next.any(axis=1), equal_next.argmax(axis=1), width)
     other_keys = _ascending_keys(other.numpy())  # columns 0..K-1 in the low bits
     for t, k in enumerate(ks):
-        keys = other_keys[:, :k].copy()
+        last = t == len(ks) - 1
+        # the last k may sort the keys in place (nothing reads them after it)
+        keys = other_keys if last and k == width else other_keys[:, :k].copy()
         keys.sort(axis=1)
-        high = keys >> np.uint64(32)
+        high = _key_words(keys, high=True)  # views, no copies
         tied = (high[:, 1:] == high[:, :-1]).any(axis=1) | (first_tie <= k - 2)
-        # sum_m m * own_rank(col(m)), own_rank(j) = k - 1 - j (descending own values)
-        cross = (k - 1 - _key_columns(keys)).astype(np.float64) @ np.arange(k, dtype=np.float64)
+        # sum_m m * own_rank(col(m)), own_rank(j) = k - 1 - j (descending own values), as
+        # (k - 1) sum_m m - sum_m m col(m): integers below 2^53, exact in float64
+        m_sum = k * (k - 1) / 2.0
+        cross = (k - 1) * m_sum - _key_words(keys).astype(np.float64) @ np.arange(
+            k, dtype=np.float64)
         mu = (k - 1) / 2.0
         rho = torch.from_numpy((cross - k * mu * mu) / (k * (k * k - 1) / 12.0))
         rows = np.flatnonzero(tied)
@@ -548,7 +564,8 @@ def _procrustes_units(ua: torch.Tensor, ub: torch.Tensor, cross: torch.Tensor):
     # scipy aligns mtx2 -> scale * mtx2 @ R.T and sums squared differences; with unit-norm
     # inputs and tr(ua^T ub R^T) = sum(w) = scale that sum is ||ua||^2 + scale^2 ||ub||^2
     # - 2 scale^2, so no pass over the aligned matrix is needed for it.
-    sq_a, sq_b = (ua * ua).sum(), (ub * ub).sum()
+    sq_a = torch.dot(ua.reshape(-1), ua.reshape(-1))  # one BLAS pass, no [n, d] temporary
+    sq_b = torch.dot(ub.reshape(-1), ub.reshape(-1))
     disparity = max(0.0, float(sq_a + scale**2 * sq_b - 2.0 * scale**2))
     # the cosine does not need a float64 product (float32: ~1e-7 relative)
     aligned = ub.float() @ rotation.T.float()
@@ -610,14 +627,24 @@ def _median_pair_distance(d2: torch.Tensor) -> float:
     distances ``sqrt(d2_ij)``, ``i < j``, of a symmetric ``[n, n]`` matrix with zero diagonal.
 
     ``sqrt`` is monotone, so order statistics of d2 are taken. Instead of copying out the upper
-    triangle, all entries are sorted: each pair appears twice and the n diagonal zeros sort
-    first, so the k-th smallest pair value (1-based) is entry ``n + 2k - 1`` (0-based).
+    triangle, all entries are ranked: each pair appears twice and the n diagonal zeros come
+    first, so the k-th smallest pair value (1-based) is entry ``n + 2k - 1`` (0-based) of the
+    sorted entries. On CPU two single-place partitions (O(n^2), numpy's SIMD selection; one
+    partition with two places falls back to a slow path) replace the full sort: the second
+    order statistic is the ``(i_hi - i_lo)``-th smallest of what lies above the first.
     """
     n = d2.shape[0]
     m = n * (n - 1) // 2
-    values = _sorted_values(d2)
-    lo = float(values[n + 2 * ((m + 1) // 2) - 1])
-    hi = lo if m % 2 else float(values[n + 2 * (m // 2 + 1) - 1])
+    i_lo = n + 2 * ((m + 1) // 2) - 1
+    i_hi = i_lo if m % 2 else n + 2 * (m // 2 + 1) - 1
+    if d2.device.type == "cpu":
+        values = np.partition(d2.numpy().reshape(-1), i_lo)
+        lo = float(values[i_lo])
+        rest = i_hi - i_lo - 1  # 0-based place of the upper value within values[i_lo + 1:]
+        hi = lo if i_hi == i_lo else float(np.partition(values[i_lo + 1 :], rest)[rest])
+    else:
+        values = _sorted_values(d2).cpu()
+        lo, hi = float(values[i_lo]), float(values[i_hi])
     return 0.5 * (math.sqrt(lo) + math.sqrt(hi))
 
 
@@ -641,13 +668,9 @@ def _rbf_centred_gram(gram: torch.Tensor, sigma_rule: float) -> tuple[torch.Tens
     sigma = sigma_rule * _median_pair_distance(d2)
     if not sigma > 0:
         raise ValueError("RBF bandwidth is 0: more than half of the row pairs coincide")
-    # K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2)), float64 from here on (numpy's vectorised exp
-    # is ~4x torch's on CPU)
-    if d2.device.type == "cpu":
-        values = np.multiply(d2.numpy(), -0.5 / sigma**2, dtype=np.float64)
-        kernel = torch.from_numpy(np.exp(values, out=values))
-    else:
-        kernel = d2.to(torch.float64).mul_(-0.5 / sigma**2).exp_()
+    # K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2)), float64 from here on (torch's in-place exp is
+    # vectorised and uses every core: ~4x numpy's on CPU)
+    kernel = d2.to(torch.float64).mul_(-0.5 / sigma**2).exp_()
     del d2
     row_means = kernel.mean(dim=1, keepdim=True)  # K symmetric: column means = row means
     kernel.sub_(row_means).sub_(row_means.T).add_(row_means.mean())
