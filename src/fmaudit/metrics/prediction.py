@@ -60,18 +60,12 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
         ValueError: not a 2-D float tensor, or V < 2.
         NonFiniteLogitsError: NaN or inf in ``logits``.
     """
-    if logits.dim() != 2 or not logits.is_floating_point():
-        raise ValueError(f"logits must be a float tensor [N, V], got {tuple(logits.shape)} "
-                         f"{logits.dtype}")
-    if logits.shape[1] < 2:
-        raise ValueError(f"logits need a vocabulary of at least 2, got V={logits.shape[1]}")
-    if logits.device.type == "mps":  # no float64 on Apple GPUs
-        logits = logits.cpu()
+    logits = _check_logits_2d(logits)
     if not bool(torch.isfinite(logits).all()):
         bad = int((~torch.isfinite(logits)).any(dim=1).sum())
         raise NonFiniteLogitsError(f"logits contain NaN or inf in {bad} of {logits.shape[0]} "
                                    "positions (the model diverged or its forward pass is broken)")
-    return torch.log_softmax(logits.detach().to(torch.float64), dim=-1)
+    return torch.log_softmax(logits.to(torch.float64), dim=-1)
 
 
 def _check_labels(labels: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
