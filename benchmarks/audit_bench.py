@@ -5,7 +5,7 @@ In one run on the same data it times
   (b) the prediction + disagreement audit (fmaudit's prediction pass),
   (c) a bare forward + backward of each member,
   (d) the Fisher pass (per-token estimator),
-  (e) the static-embedding metrics (all pairs, with the null partner),
+  (e) the static-embedding metrics (all pairs, and one row-permuted null per member),
   (f) training through fmaudit's loop and through ``transformers.Trainer`` on the same batches
       (benchmarks/train_vs_trainer.py),
 and prints the ratios b/a, d/c and f (fmaudit tokens/s over Trainer tokens/s), plus the peak
@@ -148,20 +148,18 @@ def audit_child(args: dict, queue: Any) -> None:
     queue.put(result)
 
 
-def static_embeddings(size: str, members: int, vocab: int = 4101) -> float:
-    """(e): all pairwise static metrics (+ null) for ``members`` random [vocab, hidden] matrices."""
+def static_embeddings(members: int, vocab: int, hidden: int) -> float:
+    """(e): all pairwise static metrics (+ null) for ``members`` random [vocab, hidden] matrices,
+    through the function the report uses."""
     import torch
 
-    from fmaudit.metrics import EmbeddingGeometry, compare_embeddings, pair_indices
+    from fmaudit.metrics import EmbeddingGeometry, compare_members
 
-    hidden = SIZES[size][0]
     gen = torch.Generator().manual_seed(0)
     mats = [torch.randn(vocab, hidden, generator=gen) for _ in range(members)]
     t0 = time.perf_counter()
-    geos = [EmbeddingGeometry(m) for m in mats]
-    for i, j in pair_indices(members):
-        compare_embeddings(geos[i], geos[j], [1, 3, 5, 10, 20, 50, 100, 1000])
-        compare_embeddings(geos[i], geos[j].permuted(gen), [1, 3, 5, 10, 20, 50, 100, 1000])
+    compare_members([EmbeddingGeometry(m) for m in mats], [1, 3, 5, 10, 20, 50, 100, 1000],
+                    null_generator=gen)
     return time.perf_counter() - t0
 
 
@@ -194,12 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--static-shape", default="4101x768",
+                        help="(e): vocabulary x hidden of the static-embedding matrices")
     parser.add_argument("--train-recipe", default="tiny")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.samples.split(",")]
+    static_vocab, static_hidden = (int(x) for x in args.static_shape.lower().split("x"))
     runs = []
     ctx = mp.get_context("spawn")
     for samples in sizes:
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_fisher_over_backward": [r["d_fisher_s"] / r["c_forward_backward_s"]
                                        for r in runs],
         "peak_rss_growth": runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"] - 1.0,
-        "static_embeddings_s": static_embeddings(args.size, args.members),
+        "static_shape": [static_vocab, static_hidden],
+        "static_embeddings_s": static_embeddings(args.members, static_vocab, static_hidden),
     }
     if not args.skip_training:
         out["training"] = training(args.train_recipe, args.train_steps)
@@ -240,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "(c) fwd+bwd s", "(d) fisher s", "d/c", "peak RSS MB"]))
     print(f"peak RSS growth from {sizes[0]} to {sizes[-1]} samples: "
           f"{out['peak_rss_growth']:+.1%}")
-    print(f"(e) static-embedding metrics, {args.members} members x 4101 x "
-          f"{SIZES[args.size][0]}: {out['static_embeddings_s']:.2f} s")
+    print(f"(e) static-embedding metrics, {args.members} members x {static_vocab} x "
+          f"{static_hidden}: {out['static_embeddings_s']:.2f} s")
     tr = out.get("training")
     if tr and "error" in tr:
         print(f"(f) training comparison failed: {tr['error']}")

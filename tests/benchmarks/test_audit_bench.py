@@ -19,7 +19,7 @@ def test_benchmark_small_form_and_flat_memory():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "audit_bench.py"), "--size", "tiny",
          "--members", "2", "--samples", "16,64", "--seq-len", "64", "--fisher-windows", "8",
-         "--train-steps", "8", "--json"],
+         "--train-steps", "8", "--static-shape", "300x32", "--json"],
         capture_output=True, text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -29,7 +29,7 @@ def test_benchmark_small_form_and_flat_memory():
     for run, ratio in zip(out["runs"], out["ratio_audit_over_forward"], strict=True):
         assert ratio == pytest.approx(run["b_audit_s"] / run["a_forward_s"])
         assert run["a_forward_s"] > 0 and run["d_fisher_s"] > 0
-    assert out["static_embeddings_s"] > 0
+    assert out["static_embeddings_s"] > 0 and out["static_shape"] == [300, 32]
     training = out["training"]
     assert training["ratio"] == pytest.approx(training["fmaudit_tokens_per_s"]
                                               / training["trainer_tokens_per_s"])

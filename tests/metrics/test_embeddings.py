@@ -19,6 +19,7 @@ from fmaudit.metrics import (
     EmbeddingGeometry,
     anisotropy,
     compare_embeddings,
+    compare_members,
     effective_rank,
     knn_indices,
     knn_jaccard,
@@ -320,6 +321,40 @@ def test_summarize_static_shapes_and_nulls(pair):
     single = summarize_static([], ks, 30)
     assert single["linear_cka"] == {"mean": None, "std": None, "null": None, "init": None}
     assert single["topk_overlap"][0]["mean"] is None
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_compare_members_equals_one_comparison_at_a_time(workers):
+    mats = [randn(40, 5, seed=20 + m) for m in range(4)]
+    mats[2] = mats[0] + 0.2 * randn(40, 5, seed=30)  # one close pair among unrelated ones
+    ks = [1, 4, 10]
+    pairs, null = compare_members([EmbeddingGeometry(m) for m in mats], ks,
+                                  null_generator=torch.Generator().manual_seed(5),
+                                  workers=workers)
+    # the reference: fresh geometries, one comparison after another, permutations drawn in
+    # member order from a generator in the same state
+    gen = torch.Generator().manual_seed(5)
+    fresh = [EmbeddingGeometry(m) for m in mats]
+    order = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert pairs == [compare_embeddings(fresh[i], fresh[j], ks) for i, j in order]
+    expected_null = [
+        compare_embeddings(EmbeddingGeometry(mats[i]),
+                           EmbeddingGeometry(row_permuted(mats[(i + 1) % 4], gen)), ks)
+        for i in range(4)]
+    assert [r["topk_overlap"] for r in null] == [r["topk_overlap"] for r in expected_null]
+    for got, want in zip(null, expected_null, strict=True):
+        for key in ("procrustes_disparity", "linear_cka", "rbf_cka"):
+            assert got[key] == pytest.approx(want[key], rel=1e-10)
+    # the close pair stands out from its nulls
+    assert pairs[1]["linear_cka"] > 0.8 > max(r["linear_cka"] for r in null)
+
+
+def test_compare_members_without_pairs_or_null():
+    one = [EmbeddingGeometry(randn(12, 3, seed=1))]
+    assert compare_members(one, [1, 3], null_generator=torch.Generator()) == ([], [])
+    two = [EmbeddingGeometry(randn(12, 3, seed=s)) for s in (1, 2)]
+    pairs, null = compare_members(two, [1, 3])
+    assert len(pairs) == 1 and null == []
 
 
 def test_bad_matrices_raise(pair):

@@ -28,7 +28,9 @@ with a partition before sorting; local Spearman uses the closed form for tie-fre
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import NamedTuple
 
@@ -36,13 +38,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fmaudit.metrics.stats import mean_std_pairs
+from fmaudit.metrics.stats import mean_std_pairs, pair_indices
 
 __all__ = [
     "STATIC_METRICS",
     "EmbeddingGeometry",
     "anisotropy",
     "compare_embeddings",
+    "compare_members",
     "effective_rank",
     "knn_indices",
     "knn_jaccard",
@@ -853,6 +856,17 @@ class EmbeddingGeometry:
         kernel, norm, _ = self.rbf
         return kernel, norm, None
 
+    def prepare(self, ks: Sequence[int], metrics: Sequence[str] = STATIC_METRICS) -> None:
+        """Compute now every cache that :func:`compare_embeddings` reads for ``ks`` and
+        ``metrics``, so later comparisons only read this object (safe from several threads)."""
+        ks = valid_ks(ks, self.n_rows)
+        if ks and ("topk_overlap" in metrics or "local_spearman" in metrics):
+            self._neighbour_similarities(max(ks))
+        if "procrustes" in metrics or "linear_cka" in metrics:
+            _ = self.self_cross_norm
+        if "rbf_cka" in metrics:
+            _ = self.rbf
+
     def permuted(self, generator: torch.Generator | None = None) -> EmbeddingGeometry:
         """The geometry of :func:`row_permuted` rows (the null partner). It shares this
         member's cached work and reads it through the permutation (k-NN lists are remapped,
@@ -955,6 +969,48 @@ def compare_embeddings(
     if "rbf_cka" in metrics:
         out["rbf_cka"] = _rbf_alignment(a, b)
     return out
+
+
+def _default_workers(geos: Sequence[EmbeddingGeometry]) -> int:
+    # Two threads hide what does not use every core (numpy sorts, LAPACK's SVD, Python); more
+    # would oversubscribe the BLAS threads each comparison already runs. GPUs queue anyway.
+    if any(g.matrix.device.type != "cpu" for g in geos):
+        return 1
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def compare_members(
+    geos: Sequence[EmbeddingGeometry],
+    ks: Sequence[int],
+    *,
+    null_generator: torch.Generator | None = None,
+    metrics: Sequence[str] = STATIC_METRICS,
+    workers: int | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """:func:`compare_embeddings` for every member pair, and the null calibration.
+
+    Returns ``(pairs, null)``: ``pairs`` for ``(i, j)`` in :func:`stats.pair_indices` order;
+    ``null`` (only with ``null_generator``, and at least two members) holds one comparison per
+    member, member ``i`` against a row-permuted member ``(i + 1) mod m`` (permutations drawn in
+    that order), so the null costs ``m`` comparisons rather than one per pair: a row
+    permutation destroys the correspondence whichever partner it is applied to.
+
+    Per-member work is done first (:meth:`EmbeddingGeometry.prepare`), then the comparisons
+    run on ``workers`` threads (default: 2 on CPU, 1 on a GPU); every comparison is
+    deterministic, so the results do not depend on ``workers``.
+    """
+    max_k = valid_ks(ks, geos[0].n_rows) if geos else []
+    for geo in geos:
+        geo.prepare(max_k, metrics)
+    jobs = [(geos[i], geos[j]) for i, j in pair_indices(len(geos))]
+    n_pairs = len(jobs)
+    if null_generator is not None and len(geos) > 1:
+        jobs += [(geo, geos[(i + 1) % len(geos)].permuted(null_generator))
+                 for i, geo in enumerate(geos)]
+    workers = _default_workers(geos) if workers is None else max(1, int(workers))
+    with ThreadPoolExecutor(max_workers=min(workers, max(1, len(jobs)))) as pool:
+        results = list(pool.map(lambda job: compare_embeddings(*job, ks, metrics), jobs))
+    return results[:n_pairs], results[n_pairs:]
 
 
 def summarize_static(
