@@ -31,27 +31,54 @@ def _close(a, b, path="") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
-def test_two_processes_equal_one(tmp_path: Path):
-    save_family(tmp_path / "fam", "bert", seeds=(0, 1, 2))
-    (tmp_path / "g.fa").write_text("".join(f">chr{i}\n{random_dna(6000, i)}\n" for i in (1, 2)))
+ARGS = ["-q", "report", "fam/seed<0..2>", "--corpus", "g.fa", "--samples", "13",
+        "--seq-len", "32", "--batch-size", "4", "--fisher-samples", "7", "--k", "1,5,10"]
+# accelerate's `--multi_gpu` launcher is torch elastic underneath; on a machine without GPUs
+# fmaudit's PartialState(cpu=True) joins a gloo group (accelerate's `--cpu` flag alone starts
+# one process: its multi-CPU mode goes through mpirun)
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2"],
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+
+
+def _report(folder: Path) -> dict:
+    rep = json.loads((folder / "report.json").read_text())
+    for key in ("created", "command", "timing", "tool"):
+        rep.pop(key)
+    return rep
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> tuple[Path, dict]:
+    """The family, the corpus and the single-process report."""
+    root = tmp_path_factory.mktemp("distributed")
+    save_family(root / "fam", "bert", seeds=(0, 1, 2))
+    (root / "g.fa").write_text("".join(f">chr{i}\n{random_dna(6000, i)}\n" for i in (1, 2)))
     # 13 windows and 7 Fisher windows: neither divides by 2, so an uneven split is exercised
-    args = ["-q", "report", "fam/seed<0..2>", "--corpus", "g.fa", "--samples", "13",
-            "--seq-len", "32", "--batch-size", "4", "--fisher-samples", "7", "--k", "1,5,10"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2]
-                                                                      / "src")}
-    one = subprocess.run([sys.executable, "-m", "fmaudit", *args, "--out", "one"], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=300)
+    one = subprocess.run([sys.executable, "-m", "fmaudit", *ARGS, "--out", "one"], cwd=root,
+                         env=_env(), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "-m", "fmaudit", *args, "--out", "two"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    rep = _report(root / "one")
+    assert rep["settings"].pop("processes") == 1
+    assert rep["ensembles"]["model"]["corpus"]["windows"] == 13
+    return root, rep
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_equal_one(single, launcher: str):
+    root, one = single
+    out = f"two-{launcher}"
+    two = subprocess.run([sys.executable, *LAUNCHERS[launcher], "-m", "fmaudit", *ARGS,
+                          "--out", out], cwd=root, env=_env(), capture_output=True, text=True,
+                         timeout=300)
     assert two.returncode == 0, two.stderr
-    reports = []
-    for name in ("one", "two"):
-        rep = json.loads((tmp_path / name / "report.json").read_text())
-        assert rep["settings"].pop("processes") == (1 if name == "one" else 2)
-        for key in ("created", "command", "timing", "tool"):
-            rep.pop(key)
-        reports.append(rep)
-    assert reports[0]["ensembles"]["model"]["corpus"]["windows"] == 13
-    assert _close(reports[0], reports[1]) == []
+    rep = _report(root / out)
+    assert rep["settings"].pop("processes") == 2
+    assert _close(one, rep) == []

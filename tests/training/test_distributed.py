@@ -1,6 +1,6 @@
-"""A 2-process CPU run (torchrun, gloo): trains loadable members, the same data stream and, up to
-float reassociation, the same weights as one process (the loss is normalised over the GLOBAL
-batch, so the gradient does not depend on the process count)."""
+"""A 2-process CPU run (torchrun or accelerate launch, gloo): trains loadable members, the same
+data stream and, up to float reassociation, the same weights as one process (the loss is
+normalised over the GLOBAL batch, so the gradient does not depend on the process count)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,31 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _launcher(name: str) -> list[str]:
+    port = str(_free_port())
+    if name == "torchrun":
+        return ["-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", port]
+    # accelerate's --multi_gpu launcher is torch elastic underneath; without GPUs fmaudit's
+    # Accelerator(cpu=True) joins a gloo group (`--cpu` alone would start one process)
+    return ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_ip", "127.0.0.1", "--main_process_port", port]
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory) -> tuple[Path, list[dict]]:
+    root = tmp_path_factory.mktemp("one")
+    members = train_ensemble(bundled("dna"), root,
+                             load_recipe("tiny").replace(max_steps=6, eval_every=3), seeds=2)
+    return root, members
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+def test_two_processes(tmp_path: Path, single_process, launcher: str) -> None:
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+    cmd = [sys.executable, *_launcher(launcher),
            "-m", "fmaudit", "train", "--corpus", str(bundled("dna")), "--out", str(out),
            "--seeds", "2", "--max-steps", "6", "--eval-every", "3", "--json"]
     done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
@@ -37,8 +57,7 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     printed = json.loads(done.stdout)  # only the main process prints
     assert [m["seed"] for m in printed["members"]] == [0, 1]
 
-    single = train_ensemble(bundled("dna"), tmp_path / "one",
-                            load_recipe("tiny").replace(max_steps=6, eval_every=3), seeds=2)
+    one, single = single_process
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     for m in single:
@@ -51,7 +70,7 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
         AutoTokenizer.from_pretrained(out / f"seed{seed}")
         AutoModelForMaskedLM.from_pretrained(out / f"seed{seed}")
         ddp = load_file(out / f"seed{seed}" / "model.safetensors")
-        ref = load_file(tmp_path / "one" / f"seed{seed}" / "model.safetensors")
+        ref = load_file(one / f"seed{seed}" / "model.safetensors")
         for name, tensor in ref.items():
             torch.testing.assert_close(ddp[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
     assert (out / "init" / "seed1" / "model.safetensors").is_file()
