@@ -14,7 +14,14 @@ import gzip
 import os
 from pathlib import Path
 
-from fmaudit.corpus.core import SPLITS, Corpus, Window, guess_kind, reverse_complement
+from fmaudit.corpus.core import (
+    SPLITS,
+    Corpus,
+    Window,
+    WindowList,
+    guess_kind,
+    reverse_complement,
+)
 from fmaudit.corpus.options import CorpusOptions, Interval, parse_holdout, parse_region
 from fmaudit.errors import FmauditError
 
@@ -25,6 +32,7 @@ __all__ = [
     "CorpusOptions",
     "Interval",
     "Window",
+    "WindowList",
     "bundled",
     "open_corpus",
     "parse_holdout",

@@ -17,10 +17,10 @@ import bisect
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 
@@ -53,6 +53,64 @@ class Window:
     start: int
     text: str
     reverse: bool = False
+
+
+class WindowList(Sequence[Window]):
+    """Sampled windows kept as places (record, start, strand): ~24 bytes per window instead of
+    its text. Indexing reads the text back from the corpus (and cleans it the same way), so an
+    audit over 100k windows of hg38 does not hold 100k window texts; :attr:`texts` is the same
+    sequence as strings."""
+
+    def __init__(self, corpus: Corpus, length: int, records: list[str], places: np.ndarray
+                 ) -> None:
+        self._corpus = corpus
+        self.length = length
+        self._records = records
+        self._places = places  # int64 [n, 3]: record index, start, reverse
+
+    def __len__(self) -> int:
+        return int(self._places.shape[0])
+
+    @overload
+    def __getitem__(self, i: int) -> Window: ...
+    @overload
+    def __getitem__(self, i: slice) -> WindowList: ...
+    def __getitem__(self, i: int | slice) -> Window | WindowList:
+        if isinstance(i, slice):
+            return WindowList(self._corpus, self.length, self._records, self._places[i])
+        record, start, reverse = self._places[i].tolist()
+        return self._corpus._window_at(self._records[record], start, self.length, bool(reverse))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, WindowList | list | tuple):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other,
+                                                                          strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-style equality, as a list
+
+    @property
+    def texts(self) -> WindowTexts:
+        return WindowTexts(self)
+
+
+class WindowTexts(Sequence[str]):
+    """The texts of a :class:`WindowList`, read when indexed."""
+
+    def __init__(self, windows: WindowList) -> None:
+        self._windows = windows
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [w.text for w in self._windows[i]]
+        return self._windows[i].text
 
 
 class Source(Protocol):
@@ -191,11 +249,11 @@ class Corpus:
                 e = min(s + chunk_size, iv.end)
                 yield iv.record, self._clean(self._source.read(iv.record, s, e), iv.record, s, keep)
 
-    def _accept(self, record: str, start: int, raw: str, coin: np.random.Generator
-                ) -> Window | None:
-        """Clean one window and apply the N / lowercase filters and the strand coin."""
+    def _filtered(self, record: str, start: int, raw: str) -> str | None:
+        """A window's cleaned text (case kept), or None when the N / lowercase filters reject
+        it."""
         if self.kind != "dna":
-            return Window(record, start, raw)
+            return raw
         text = self._clean(raw, record, start, keep_case=True)
         n = len(text)
         if (text.count("N") + text.count("n")) > self.options.max_n * n:
@@ -204,14 +262,24 @@ class Corpus:
             lower = sum(text.count(c) for c in "acgtn")
             if lower > self.options.max_lowercase * n:
                 return None
+        return text
+
+    def _oriented(self, text: str, reverse: bool) -> str:
+        if self.kind != "dna":
+            return text
         if not self.options.keep_case:
             text = text.upper()
-        reverse = False
-        if self.options.reverse_complement:
-            reverse = bool(coin.integers(2))
-            if reverse:
-                text = reverse_complement(text)
-        return Window(record, start, text, reverse)
+        return reverse_complement(text) if reverse else text
+
+    def _accept(self, record: str, start: int, raw: str, coin: np.random.Generator
+                ) -> Window | None:
+        """Clean one window and apply the N / lowercase filters and the strand coin."""
+        text = self._filtered(record, start, raw)
+        if text is None:
+            return None
+        reverse = self.kind == "dna" and self.options.reverse_complement and bool(
+            coin.integers(2))
+        return Window(record, start, self._oriented(text, reverse), reverse)
 
     def iter_windows(self, split: str, length: int, seed: int = 0) -> Iterator[Window]:
         """Every non-overlapping window of ``length`` characters of a split, in file order,
@@ -229,13 +297,15 @@ class Corpus:
                         yield w
 
     def windows(self, split: str, length: int, n: int | None = None, seed: int = 0, *,
-                allow_fewer: bool = False) -> list[Window]:
+                allow_fewer: bool = False) -> Sequence[Window]:
         """Windows of ``length`` characters from a split.
 
-        ``n=None``: every non-overlapping window (``iter_windows``). ``n=N``: N windows drawn
-        without replacement from the tiling grid in a seeded random order, rejected ones
+        ``n=None``: every non-overlapping window (``iter_windows``), as a list. ``n=N``: N windows
+        drawn without replacement from the tiling grid in a seeded random order, rejected ones
         replaced by the next in that order; the result is a pure function of (file, options,
-        split, length, N, seed), and ``windows(n=N)`` is a prefix of ``windows(n=N + M)``.
+        split, length, N, seed), and ``windows(n=N)`` is a prefix of ``windows(n=N + M)``. It
+        is a :class:`WindowList`: only the windows' places are kept, texts are read back from
+        the file when indexed, so memory does not grow with N times the window length.
 
         Raises:
             FmauditError: fewer than N acceptable windows exist (unless ``allow_fewer``).
@@ -251,13 +321,16 @@ class Corpus:
         total = int(cum[-1]) if len(cum) else 0
         order = np.random.default_rng(seed).permutation(total)
         coin = np.random.default_rng([seed, 1])
-        out: list[Window] = []
+        records = list(dict.fromkeys(iv.record for iv in ivs))
+        record_index = {name: i for i, name in enumerate(records)}
+        chosen = np.empty((n, 3), dtype=np.int64)  # record index, start, reverse
+        found = 0
         cum_list = cum.tolist()
         for block in range(0, total, 4096):  # a genome has millions of slots: no giant lists
-            if len(out) >= n:
+            if found >= n:
                 break
             for g in order[block:block + 4096].tolist():
-                if len(out) >= n:
+                if found >= n:
                     break
                 i = bisect.bisect_right(cum_list, g)
                 iv = ivs[i]
@@ -265,13 +338,22 @@ class Corpus:
                 raw = self._source.read(iv.record, start, start + length)
                 w = self._accept(iv.record, start, raw, coin)
                 if w is not None:
-                    out.append(w)
-        if len(out) < n and not allow_fewer:
+                    chosen[found] = (record_index[iv.record], start, w.reverse)
+                    found += 1
+        if found < n and not allow_fewer:
             raise FmauditError(
                 f"{self.path}: asked for {n} windows of {length:,} characters from the {split} "
-                f"split, but only {len(out)} exist{self._filter_note()} "
+                f"split, but only {found} exist{self._filter_note()} "
                 "(ask for fewer or shorter windows, or use a larger corpus)")
-        return out
+        return WindowList(self, length, records, chosen[:found].copy())
+
+    def _window_at(self, record: str, start: int, length: int, reverse: bool) -> Window:
+        """An accepted window, read again (the same text :meth:`windows` accepted)."""
+        text = self._filtered(record, start, self._source.read(record, start, start + length))
+        if text is None:  # the file changed under us
+            raise FmauditError(f"{self.path}: {record}:{start + 1:,} no longer passes the window "
+                               "filters; was the file modified during the run?")
+        return Window(record, start, self._oriented(text, reverse), reverse)
 
     def _filter_note(self) -> str:
         if self.kind != "dna":

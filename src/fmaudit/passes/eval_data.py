@@ -8,7 +8,7 @@ distributed audit sums exactly the terms of the single-process one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +60,7 @@ def make_batch(encoded: dict[str, torch.Tensor], window_ids: torch.Tensor, objec
     return EvalBatch(window_ids, model_ids, attn, target, labels)
 
 
-def batches(window_texts: list[str], tokenizer, seq_len: int, objective: str, seed: int,
+def batches(window_texts: Sequence[str], tokenizer, seq_len: int, objective: str, seed: int,
             mask_prob: float, batch_size: int, rank: int = 0, world: int = 1,
             limit: int | None = None) -> Iterator[EvalBatch]:
     """Batches of this process's share of the windows (the first ``limit`` windows if given)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,14 +237,13 @@ def unigram_reference(corpus: Any, tokenizer: Any, eval_split: str, length: int,
             raise FmauditError("no separate train split")
         # a seeded sample of the train split (all of it when it is small), bounded for genomes
         n_fit = max(4 * samples, UNIGRAM_FIT_WINDOWS)
-        windows = corpus.windows("train", length=length, n=n_fit, seed=seed + 1,
-                                 allow_fewer=True)
-        texts = [w.text for w in windows]
+        texts = corpus.windows("train", length=length, n=n_fit, seed=seed + 1,
+                               allow_fewer=True).texts
         if not texts:
             raise FmauditError("the train split has no clean window")
         source = f"train split ({len(texts)} windows)"
     except FmauditError:
-        texts = [w.text for w in corpus.windows(eval_split, length=length, n=samples, seed=seed)]
+        texts = corpus.windows(eval_split, length=length, n=samples, seed=seed).texts
         source = f"evaluation windows ({len(texts)})"
     for start in range(0, len(texts), 64):
         enc = encode_windows(tokenizer, texts[start:start + 64], seq_len)
@@ -293,8 +293,8 @@ def run_audit(cfg: AuditConfig) -> dict:
         if limit is not None and seq_len > limit:
             raise FmauditError(f"--seq-len {seq_len}: longer than the model's {limit} positions")
         length = window_chars(tok, seq_len, corpus)
-        windows = corpus.windows(split, length=length, n=cfg.samples, seed=cfg.seed)
-        texts = [w.text for w in windows]
+        # places only: texts are read back per batch, so memory does not grow with --samples
+        texts = corpus.windows(split, length=length, n=cfg.samples, seed=cfg.seed).texts
         if not texts:
             raise FmauditError(f"ensemble {name!r}: the evaluation set is empty")
         entry: dict[str, Any] = {"name": name}
@@ -374,7 +374,7 @@ def run_audit(cfg: AuditConfig) -> dict:
     }
 
 
-def _batches_for(texts: list[str], tok: Any, seq_len: int, objective: str, cfg: AuditConfig,
+def _batches_for(texts: Sequence[str], tok: Any, seq_len: int, objective: str, cfg: AuditConfig,
                  rank: int, world: int, limit_windows: int | None = None,
                  batch_size: int | None = None) -> Any:
     from fmaudit.passes.eval_data import batches
