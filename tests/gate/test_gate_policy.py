@@ -132,6 +132,13 @@ def test_default_policy_loads_and_has_the_study_checks() -> None:
     # usable without a baseline, on any single model
     assert not policy.needs_baseline
     assert all(c.ensembles is None and c.relative_to is None for c in policy.checks)
+    # results name it, not its install path; a user's policy keeps the path as given
+    assert policy.label == "fmaudit:gate-default.toml"
+
+
+def test_user_policy_label_is_the_path_as_given(policy_file: PolicyFile) -> None:
+    path = policy_file('[[check]]\nmetric = "a"\nmax = 1\n')
+    assert load_policy(path).label == str(path)
 
 
 def test_shipped_policy_and_its_mirror_are_identical() -> None:

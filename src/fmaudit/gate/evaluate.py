@@ -433,7 +433,7 @@ def run_gate(report: Mapping[str, Any], policy_path: str | Path,
             base, base_why = _baseline_value(check, ens_name, base_ensembles, where,
                                              baseline_name)
             rows.append(_baseline_row(check, ens_name, value, stat, why, base, base_why))
-    return GateResult(policy=str(policy.path), checks=rows, report=report_name,
+    return GateResult(policy=policy.label, checks=rows, report=report_name,
                       baseline=baseline_name if baseline is not None else None)
 
 

@@ -73,6 +73,14 @@ class Policy:
         """Whether any check compares against ``--baseline``."""
         return any(c.needs_baseline for c in self.checks)
 
+    @property
+    def label(self) -> str:
+        """How results name the policy: the path as given, or ``fmaudit:gate-default.toml``
+        for the shipped one (its install path says nothing about the policy)."""
+        if self.path.resolve() == default_policy_path().resolve():
+            return f"fmaudit:{self.path.name}"
+        return str(self.path)
+
 
 def default_policy_path() -> Path:
     """The shipped default policy (``fmaudit/recipes/gate-default.toml``)."""
