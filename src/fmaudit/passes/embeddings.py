@@ -27,6 +27,7 @@ from fmaudit.metrics import (
     usable_rows,
     valid_ks,
 )
+from fmaudit.models.groups import input_embedding_name
 from fmaudit.models.load import init_dir_of
 
 CONTEXT_K = 10
@@ -34,11 +35,6 @@ CONTEXT_K = 10
 
 def input_embeddings(model: Any) -> torch.Tensor:
     return model.get_input_embeddings().weight.detach().float().cpu()
-
-
-def _input_embedding_name(model: Any) -> str | None:
-    weight = model.get_input_embeddings().weight
-    return next((name for name, p in model.named_parameters() if p is weight), None)
 
 
 def init_embeddings(init_dir: str | None, model: Any) -> torch.Tensor | None:
@@ -50,14 +46,13 @@ def init_embeddings(init_dir: str | None, model: Any) -> torch.Tensor | None:
     """
     if not init_dir or not Path(init_dir).is_dir():
         return None
-    name = _input_embedding_name(model)
-    if name is not None:
-        from safetensors import safe_open
+    from safetensors import safe_open
 
-        for file in sorted(Path(init_dir).glob("*.safetensors")):
-            with safe_open(str(file), framework="pt") as f:
-                if name in f.keys():  # noqa: SIM118 (safe_open has keys(), no __contains__)
-                    return f.get_tensor(name).detach().float()
+    name = input_embedding_name(model)
+    for file in sorted(Path(init_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            if name in f.keys():  # noqa: SIM118 (safe_open has keys(), no __contains__)
+                return f.get_tensor(name).detach().float()
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     for auto in (AutoModelForMaskedLM, AutoModelForCausalLM):
