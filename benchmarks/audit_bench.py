@@ -79,6 +79,7 @@ def audit_child(args: dict, queue: Any) -> None:
     """One ``--samples`` size in a fresh process: timings (a)-(d) and the peak RSS."""
     import torch
 
+    from fmaudit.models.flops import forward_flops_per_token
     from fmaudit.passes.device import autocast
     from fmaudit.passes.fisher import pick_targets, run_fisher_pass
     from fmaudit.passes.predictions import run_prediction_pass
@@ -140,9 +141,19 @@ def audit_child(args: dict, queue: Any) -> None:
         "fisher_windows": int(sum(b.window_ids.numel() for b in fisher_data)),
     }
     tokens = sum(int(b.attention_mask.sum()) for b in data) * len(models)
+    fisher_tokens = sum(int(b.attention_mask.sum()) for b in fisher_data) * len(models)
     result["audit_tokens_per_s"] = tokens / result["b_audit_s"]
-    result["fisher_tokens_per_s"] = (sum(int(b.attention_mask.sum()) for b in fisher_data)
-                                     * len(models) / result["d_fisher_s"])
+    result["fisher_tokens_per_s"] = fisher_tokens / result["d_fisher_s"]
+    # model FLOPs (fmaudit.models.flops): the audit is a forward with the head at the predicted
+    # positions; the Fisher pass a forward + backward (3x) with the head at one token a window
+    audit_flops = forward_flops_per_token(models[0], args["seq_len"],
+                                          result["positions"] * len(models) / tokens)
+    fisher_flops = 3 * forward_flops_per_token(models[0], args["seq_len"],
+                                               result["fisher_windows"] * len(models)
+                                               / fisher_tokens)
+    peak = args["peak_flops"]
+    result["audit_mfu"] = audit_flops * result["audit_tokens_per_s"] / peak if peak else None
+    result["fisher_mfu"] = fisher_flops * result["fisher_tokens_per_s"] / peak if peak else None
     result["rss_before_passes_mb"] = rss_before / 1024
     result["peak_rss_with_fisher_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put(result)
@@ -163,20 +174,22 @@ def static_embeddings(members: int, vocab: int, hidden: int) -> float:
     return time.perf_counter() - t0
 
 
-def training(recipe: str, steps: int) -> dict:
+def training(recipe: str, steps: int, peak_flops: float | None) -> dict:
     """(f): fmaudit's loop vs transformers.Trainer on the same batches (its own script, in a
     fresh process so the audit's allocations don't colour it)."""
     import subprocess
 
+    peak = ["--peak-tflops", str(peak_flops / 1e12)] if peak_flops else []
     proc = subprocess.run([sys.executable, str(Path(__file__).parent / "train_vs_trainer.py"),
-                           "--recipe", recipe, "--steps", str(steps), "--json"],
+                           "--recipe", recipe, "--steps", str(steps), "--json", *peak],
                           capture_output=True, text=True)
-    if proc.returncode != 0:  # e.g. a recipe whose batch does not fit the bundled corpus
+    if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         return {"recipe": recipe, "steps": steps, "error": lines[-1] if lines else "failed"}
     out = json.loads(proc.stdout)
     return {"recipe": recipe, "steps": steps, "ratio": out["ratio"],
             "fmaudit_tokens_per_s": out["fmaudit"]["tokens_per_s"],
+            "fmaudit_mfu": out["fmaudit"]["mfu"], "corpus": out["corpus"],
             "trainer_tokens_per_s": out["trainer"]["tokens_per_s"],
             "max_abs_weight_diff": out["max_abs_weight_diff"]}
 
@@ -192,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="Peak dense TFLOP/s for MFU (default: known GPUs with --bf16).")
     parser.add_argument("--static-shape", default="4101x768",
                         help="(e): vocabulary x hidden of the static-embedding matrices")
     parser.add_argument("--train-recipe", default="tiny")
@@ -201,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.samples.split(",")]
     static_vocab, static_hidden = (int(x) for x in args.static_shape.lower().split("x"))
+    peak = _peak_flops(args)
     runs = []
     ctx = mp.get_context("spawn")
     for samples in sizes:
@@ -209,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             "size": args.size, "members": args.members, "samples": samples,
             "seq_len": args.seq_len, "batch_size": args.batch_size,
             "fisher_windows": args.fisher_windows, "device": args.device, "bf16": args.bf16,
-            "threads": args.threads}, queue))
+            "threads": args.threads, "peak_flops": peak}, queue))
         child.start()
         runs.append(queue.get())
         child.join()
@@ -218,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     out = {
         "size": args.size, "members": args.members, "seq_len": args.seq_len,
-        "batch_size": args.batch_size, "device": args.device, "bf16": args.bf16, "runs": runs,
+        "batch_size": args.batch_size, "device": args.device, "bf16": args.bf16,
+        "peak_flops": peak, "runs": runs,
         "ratio_audit_over_forward": [r["b_audit_s"] / r["a_forward_s"] for r in runs],
         "ratio_fisher_over_backward": [r["d_fisher_s"] / r["c_forward_backward_s"]
                                        for r in runs],
@@ -227,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "static_embeddings_s": static_embeddings(args.members, static_vocab, static_hidden),
     }
     if not args.skip_training:
-        out["training"] = training(args.train_recipe, args.train_steps)
+        out["training"] = training(args.train_recipe, args.train_steps, peak)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -242,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
                                   "(c) fwd+bwd s", "(d) fisher s", "d/c", "peak RSS MB"]))
     print(f"peak RSS growth from {sizes[0]} to {sizes[-1]} samples: "
           f"{out['peak_rss_growth']:+.1%}")
+    for r in runs:
+        mfu = (f", MFU audit {r['audit_mfu']:.1%}, Fisher {r['fisher_mfu']:.1%}"
+               if r["audit_mfu"] is not None else "")
+        print(f"{r['samples']} samples: audit {r['audit_tokens_per_s']:,.0f} tokens/s, Fisher "
+              f"{r['fisher_tokens_per_s']:,.0f} tokens/s{mfu}")
     print(f"(e) static-embedding metrics, {args.members} members x {static_vocab} x "
           f"{static_hidden}: {out['static_embeddings_s']:.2f} s")
     tr = out.get("training")
@@ -251,6 +273,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(f) training tokens/s: fmaudit {tr['fmaudit_tokens_per_s']:.0f}, Trainer "
               f"{tr['trainer_tokens_per_s']:.0f}, ratio {tr['ratio']:.2f}")
     return 0
+
+
+def _peak_flops(args: argparse.Namespace) -> float | None:
+    if args.peak_tflops is not None:
+        return args.peak_tflops * 1e12
+    if not args.device.startswith("cuda"):
+        return None
+    import torch
+
+    from fmaudit.models.flops import peak_flops
+
+    return peak_flops(torch.cuda.get_device_name(), "bfloat16" if args.bf16 else "float32")
 
 
 def _cuda() -> bool:

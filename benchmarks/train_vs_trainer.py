@@ -27,16 +27,42 @@ from pathlib import Path
 from typing import Any
 
 
-def _batches(recipe_name: str, corpus: str, steps: int) -> tuple[Any, Any, list[Any], Any]:
+def _synthetic_genome(folder: Path, recipe: Any) -> Path:
+    """A seeded uniform-random DNA FASTA with ~3 batches' worth of train windows per step:
+    throughput does not depend on the sequence, and the big recipes (seq_len 512, batch 96)
+    need more windows than the bundled 200 kb hold."""
+    import numpy as np
+
+    chars = 8 * recipe.seq_len * recipe.batch_size * 8  # ~8 chars per token is ample for k <= 6
+    rng = np.random.default_rng(0)
+    seq = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, chars)].tobytes().decode()
+    path = folder / "synthetic.fa"
+    lines = [seq[i:i + 80] for i in range(0, len(seq), 80)]
+    path.write_text(">synthetic\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def _batches(recipe_name: str, corpus: str, steps: int, work: Path
+             ) -> tuple[Any, Any, list[Any], Any, str]:
     from fmaudit.corpus import BUNDLED, bundled, open_corpus
+    from fmaudit.errors import FmauditError
     from fmaudit.training.ensemble import make_stream, prepare_data
     from fmaudit.training.recipes import load_recipe
 
-    path = bundled(corpus) if corpus in BUNDLED and not Path(corpus).exists() else Path(corpus)
     recipe = load_recipe(recipe_name).replace(max_steps=steps, eval_every=steps, save_every=0)
-    data = prepare_data(open_corpus(path), recipe)
+    if corpus == "auto":  # the bundled genome when one batch fits, else synthetic DNA
+        try:
+            data = prepare_data(open_corpus(bundled("dna")), recipe)
+            corpus = "dna"
+        except FmauditError:
+            data = prepare_data(open_corpus(_synthetic_genome(work, recipe)), recipe)
+            corpus = "synthetic"
+    else:
+        path = bundled(corpus) if corpus in BUNDLED and not Path(corpus).exists() else Path(corpus)
+        data = prepare_data(open_corpus(path), recipe)
     stream = make_stream(data, data.recipe.data_seed)
-    return data.recipe, data.tokenizer, [stream.global_batch(s) for s in range(steps)], data
+    return (data.recipe, data.tokenizer, [stream.global_batch(s) for s in range(steps)], data,
+            corpus)
 
 
 class _Replay:
@@ -53,9 +79,11 @@ def run_fmaudit(recipe: Any, tok: Any, batches: list[Any], data: Any) -> tuple[l
     from accelerate import Accelerator
 
     from fmaudit.models.build import build_model
+    from fmaudit.training.ensemble import resolve_mixed_precision
     from fmaudit.training.loop import train_member
 
-    accelerator = Accelerator()
+    # the same precision as the Trainer side below (bf16 on a GPU that has it)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"))
     model = build_model(recipe, tok, seed=0)
     times: list[float] = []
 
@@ -115,12 +143,42 @@ def run_trainer(recipe: Any, tok: Any, batches: list[Any]) -> tuple[list[float],
     return times, trainer.model
 
 
+def _training_flops(recipe: Any, tok: Any, batches: list[Any], peak_tflops: float | None
+                    ) -> tuple[float, float | None, str]:
+    """Model FLOPs per (non-pad) token of one training step, the peak FLOP/s and the device.
+
+    3 x the forward (fmaudit.models.flops), the head counted at the labelled positions only:
+    the useful work, the same figure for both sides (the Trainer runs its head everywhere).
+    """
+    import torch
+
+    from fmaudit.models.build import build_model
+    from fmaudit.models.flops import forward_flops_per_token, peak_flops
+    from fmaudit.training.ensemble import resolve_mixed_precision
+
+    model = build_model(recipe, tok, seed=0)
+    head_fraction = sum(b.n_targets for b in batches) / max(1, sum(b.n_tokens for b in batches))
+    flops = 3.0 * forward_flops_per_token(model, recipe.seq_len, head_fraction)
+    cuda = torch.cuda.is_available()
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    if peak_tflops is not None:
+        peak = peak_tflops * 1e12
+    else:
+        bf16 = resolve_mixed_precision("auto") == "bf16"
+        peak = peak_flops(name, "bfloat16" if bf16 else "float32") if cuda else None
+    return flops, peak, name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="tiny")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3, help="Untimed first steps.")
-    parser.add_argument("--corpus", default="dna", help="File, or bundled dna/text.")
+    parser.add_argument("--corpus", default="auto",
+                        help="File, bundled dna/text, or auto: the bundled genome when a batch "
+                             "fits, else seeded random DNA.")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="Peak dense TFLOP/s for MFU (default: known GPUs in bf16).")
     parser.add_argument("--json", action="store_true", help="Print JSON.")
     args = parser.parse_args(argv)
     if args.steps < args.warmup + 3:
@@ -128,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    recipe, tok, batches, data = _batches(args.recipe, args.corpus, args.steps)
+    with tempfile.TemporaryDirectory() as work:
+        recipe, tok, batches, data, corpus = _batches(args.recipe, args.corpus, args.steps,
+                                                      Path(work))
     tokens = [b.n_tokens for b in batches]
     timed = range(args.warmup + 1, args.steps - 1)  # steps whose duration is measured
     n_tokens = sum(tokens[s] for s in timed)
@@ -140,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     f_state, t_state = f_model.state_dict(), t_model.state_dict()
     diff = max(float((f_state[k].float().cpu() - t_state[k].float().cpu()).abs().max())
                for k in f_state)
+    flops, peak, device_name = _training_flops(recipe, tok, batches, args.peak_tflops)
     result = {
-        "recipe": recipe.name, "steps": args.steps, "timed_steps": len(timed),
+        "recipe": recipe.name, "corpus": corpus, "steps": args.steps, "timed_steps": len(timed),
         "batch_size": recipe.batch_size, "seq_len": recipe.seq_len,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "threads": torch.get_num_threads(), "tokens_timed": n_tokens,
@@ -149,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         "trainer": {"seconds": t_s, "tokens_per_s": n_tokens / t_s},
         "ratio": (n_tokens / f_s) / (n_tokens / t_s),
         "max_abs_weight_diff": diff,
+        "device_name": device_name,
+        "flops_per_token": flops,
+        "peak_flops": peak,
     }
+    for side in ("fmaudit", "trainer"):
+        result[side]["mfu"] = flops * result[side]["tokens_per_s"] / peak if peak else None
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -159,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  Trainer  {result['trainer']['tokens_per_s']:>12,.0f} tokens/s")
         print(f"  ratio    {result['ratio']:.2f} (target >= 1.0); final weights differ by at "
               f"most {diff:.2e}")
+        if peak:
+            print(f"  MFU      fmaudit {result['fmaudit']['mfu']:.1%}, Trainer "
+                  f"{result['trainer']['mfu']:.1%} of {peak / 1e12:.0f} TFLOP/s")
     return 0
 
 

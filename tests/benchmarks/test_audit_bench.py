@@ -19,7 +19,7 @@ def test_benchmark_small_form_and_flat_memory():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "audit_bench.py"), "--size", "tiny",
          "--members", "2", "--samples", "16,64", "--seq-len", "64", "--fisher-windows", "8",
-         "--train-steps", "8", "--static-shape", "300x32", "--json"],
+         "--train-steps", "8", "--static-shape", "300x32", "--peak-tflops", "50", "--json"],
         capture_output=True, text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -29,10 +29,13 @@ def test_benchmark_small_form_and_flat_memory():
     for run, ratio in zip(out["runs"], out["ratio_audit_over_forward"], strict=True):
         assert ratio == pytest.approx(run["b_audit_s"] / run["a_forward_s"])
         assert run["a_forward_s"] > 0 and run["d_fisher_s"] > 0
+        # model FLOPs over a 50 TFLOP/s peak: a positive share, far below 1 on two CPU cores
+        assert 0 < run["audit_mfu"] < 0.5 and 0 < run["fisher_mfu"] < 0.5
     assert out["static_embeddings_s"] > 0 and out["static_shape"] == [300, 32]
     training = out["training"]
     assert training["ratio"] == pytest.approx(training["fmaudit_tokens_per_s"]
                                               / training["trainer_tokens_per_s"])
+    assert training["corpus"] == "dna" and 0 < training["fmaudit_mfu"] < 0.5
     # the audit never holds [members x positions x vocab]: 4x the windows, < 10% more memory
     assert large["peak_rss_mb"] < 1.10 * small["peak_rss_mb"], out
 
@@ -41,3 +44,17 @@ def _env() -> dict:
     import os
 
     return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
+
+
+def test_training_benchmark_uses_synthetic_dna_when_a_batch_does_not_fit(tmp_path: Path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import train_vs_trainer
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    recipe, tok, batches, data, corpus = train_vs_trainer._batches("bert-4m", "auto", 2, tmp_path)
+    assert corpus == "synthetic"  # 96 windows of 512 6-mers do not fit the bundled 200 kb
+    assert [tuple(b.input_ids.shape) for b in batches] == [(96, 512), (96, 512)]
+    assert all(b.n_tokens == 96 * 512 for b in batches)  # no padding: the windows are full
+    small = train_vs_trainer._batches("tiny", "auto", 2, tmp_path)
+    assert small[-1] == "dna"
