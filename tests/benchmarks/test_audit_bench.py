@@ -52,7 +52,7 @@ def test_training_benchmark_uses_synthetic_dna_when_a_batch_does_not_fit(tmp_pat
         import train_vs_trainer
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    recipe, tok, batches, data, corpus = train_vs_trainer._batches("bert-4m", "auto", 2, tmp_path)
+    *_, batches, _, corpus = train_vs_trainer._batches("bert-4m", "auto", 2, tmp_path)
     assert corpus == "synthetic"  # 96 windows of 512 6-mers do not fit the bundled 200 kb
     assert [tuple(b.input_ids.shape) for b in batches] == [(96, 512), (96, 512)]
     assert all(b.n_tokens == 96 * 512 for b in batches)  # no padding: the windows are full

@@ -40,7 +40,9 @@ def test_forward_and_training_flops_match_the_counter(kind: str) -> None:
 def test_head_fraction_counts_only_the_predicted_positions() -> None:
     model = _model("bert")
     body, head = linear_weights(model)
-    # BERT's head: the transform (d x d) and the decoder (d x V)
+    # per block Q, K, V, output (d x d) and the feed-forward pair (d x 4d'); the head: the
+    # transform (d x d) and the decoder (d x V)
+    assert body == 3 * (4 * 32 * 32 + 2 * 32 * 48)
     assert head == 32 * 32 + 32 * 50
     full, none = forward_flops_per_token(model, 20), forward_flops_per_token(model, 20, 0.0)
     assert full - none == 2 * head
