@@ -31,8 +31,7 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -736,6 +735,24 @@ def effective_rank(H: torch.Tensor) -> float:
 
 
 # -- many members: cached per-member work -----------------------------------------------------
+class _cached:
+    """``functools.cached_property`` without Python 3.11's lock, which is shared by every
+    instance and would serialise members prepared on different threads (3.12 dropped it)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        if self.name not in obj.__dict__:  # a non-data descriptor: later reads hit the dict
+            obj.__dict__[self.name] = self.fn(obj)
+        return obj.__dict__[self.name]
+
+
 class EmbeddingGeometry:
     """One member's static embedding matrix ``[n, d]`` with its per-member work cached.
 
@@ -761,11 +778,11 @@ class EmbeddingGeometry:
         self._perm: torch.Tensor | None = None
         self._inverse: torch.Tensor | None = None
 
-    @cached_property
+    @_cached
     def _row_data(self) -> _Rows:
         return _rows(self.matrix)
 
-    @cached_property
+    @_cached
     def _gram(self) -> torch.Tensor:
         """Raw float32 Gram, shared by :attr:`similarity` and :attr:`rbf`; dropped once both
         exist."""
@@ -775,7 +792,7 @@ class EmbeddingGeometry:
         if "similarity" in self.__dict__ and "rbf" in self.__dict__:
             self.__dict__.pop("_gram", None)
 
-    @cached_property
+    @_cached
     def similarity(self) -> torch.Tensor:
         """float32 ``[n, n]`` cosine similarities, diagonal -inf."""
         if self._source is not None:  # materialised only when asked for directly
@@ -821,14 +838,14 @@ class EmbeddingGeometry:
         perm = self._perm  # read through the permutation: whole rows, then within rows
         return self._source.similarity.index_select(0, perm[rows]).gather(1, perm[idx])
 
-    @cached_property
+    @_cached
     def centred_unit(self) -> torch.Tensor:
         """float64 ``[n, d]``: column-centred, unit Frobenius norm."""
         if self._source is not None:
             return self._source.centred_unit[self._perm]
         return _centred_unit(self.matrix, "embeddings")
 
-    @cached_property
+    @_cached
     def self_cross_norm(self) -> float:
         """``||U^T U||_F`` of :attr:`centred_unit` (linear CKA denominator)."""
         if self._source is not None:  # invariant to the row order
@@ -836,7 +853,7 @@ class EmbeddingGeometry:
         u = self.centred_unit
         return float(torch.linalg.matrix_norm(u.T @ u))
 
-    @cached_property
+    @_cached
     def rbf(self) -> tuple[torch.Tensor, float, float]:
         """``(H K H as float64 [n, n], its Frobenius norm, sigma)``."""
         if self._source is not None:  # materialised only when asked for directly
@@ -995,20 +1012,19 @@ def compare_members(
     that order), so the null costs ``m`` comparisons rather than one per pair: a row
     permutation destroys the correspondence whichever partner it is applied to.
 
-    Per-member work is done first (:meth:`EmbeddingGeometry.prepare`), then the comparisons
-    run on ``workers`` threads (default: 2 on CPU, 1 on a GPU); every comparison is
-    deterministic, so the results do not depend on ``workers``.
+    Per-member work is done first (:meth:`EmbeddingGeometry.prepare`), then the comparisons,
+    both on ``workers`` threads (default: 2 on CPU, 1 on a GPU); every step is deterministic,
+    so the results do not depend on ``workers``.
     """
-    max_k = valid_ks(ks, geos[0].n_rows) if geos else []
-    for geo in geos:
-        geo.prepare(max_k, metrics)
-    jobs = [(geos[i], geos[j]) for i, j in pair_indices(len(geos))]
-    n_pairs = len(jobs)
-    if null_generator is not None and len(geos) > 1:
-        jobs += [(geo, geos[(i + 1) % len(geos)].permuted(null_generator))
-                 for i, geo in enumerate(geos)]
     workers = _default_workers(geos) if workers is None else max(1, int(workers))
-    with ThreadPoolExecutor(max_workers=min(workers, max(1, len(jobs)))) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # each member's own work, then the comparisons, which only read it
+        list(pool.map(lambda geo: geo.prepare(ks, metrics), geos))
+        jobs = [(geos[i], geos[j]) for i, j in pair_indices(len(geos))]
+        n_pairs = len(jobs)
+        if null_generator is not None and len(geos) > 1:
+            jobs += [(geo, geos[(i + 1) % len(geos)].permuted(null_generator))
+                     for i, geo in enumerate(geos)]
         results = list(pool.map(lambda job: compare_embeddings(*job, ks, metrics), jobs))
     return results[:n_pairs], results[n_pairs:]
 
