@@ -32,7 +32,17 @@ def _close(a, b, path="") -> list[str]:
 
 
 ARGS = ["-q", "report", "fam/seed<0..2>", "--corpus", "g.fa", "--samples", "13",
-        "--seq-len", "32", "--batch-size", "4", "--fisher-samples", "7", "--k", "1,5,10"]
+        "--seq-len", "32", "--batch-size", "4", "--fisher-samples", "7", "--k", "1,5,10",
+        "--gate", "policy.toml"]
+# checks on metrics only the main process computes (static embeddings) and on reduced sums
+POLICY = """
+[[check]]
+metric = "static_embeddings.topk_overlap@k=5"
+min = 0.0
+[[check]]
+metric = "entropy.normalized"
+max = 1.0
+"""
 # accelerate's `--multi_gpu` launcher is torch elastic underneath; on a machine without GPUs
 # fmaudit's PartialState(cpu=True) joins a gloo group (accelerate's `--cpu` flag alone starts
 # one process: its multi-CPU mode goes through mpirun)
@@ -61,6 +71,7 @@ def single(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("distributed")
     save_family(root / "fam", "bert", seeds=(0, 1, 2))
     (root / "g.fa").write_text("".join(f">chr{i}\n{random_dna(6000, i)}\n" for i in (1, 2)))
+    (root / "policy.toml").write_text(POLICY)
     # 13 windows and 7 Fisher windows: neither divides by 2, so an uneven split is exercised
     one = subprocess.run([sys.executable, "-m", "fmaudit", *ARGS, "--out", "one"], cwd=root,
                          env=_env(), capture_output=True, text=True, timeout=300)
@@ -68,6 +79,7 @@ def single(tmp_path_factory) -> tuple[Path, dict]:
     rep = _report(root / "one")
     assert rep["settings"].pop("processes") == 1
     assert rep["ensembles"]["model"]["corpus"]["windows"] == 13
+    assert rep["gate"]["passed"] and len(rep["gate"]["checks"]) == 2
     return root, rep
 
 

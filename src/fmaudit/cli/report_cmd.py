@@ -148,6 +148,8 @@ def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
 
     progress.quiet_libraries()
     report_data = run_audit(cfg)
+    if not distributed.is_main():  # the main process holds the whole report: it gates, writes
+        return 0  # and prints; a failed gate fails the launcher through it
     code = 0
     if policy is not None:
         from fmaudit.gate import run_gate
@@ -155,8 +157,6 @@ def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
         result = run_gate(report_data, Path(policy_path), baseline, policy=policy)
         report_data["gate"] = result.to_dict()
         code = 0 if result.passed else 1
-    if not distributed.is_main():
-        return code
     if out_dir is not None:
         write_report(report_data, Path(out_dir))
     if as_json:

@@ -342,9 +342,12 @@ def run_audit(cfg: AuditConfig) -> dict:
             t0 = time.perf_counter()
             from fmaudit.passes.embeddings import contextual_section, static_section
 
-            entry["static_embeddings"] = static_section(members, tok, cfg.k, cfg.seed)
-            if pooled is not None:
-                entry["contextual_embeddings"] = contextual_section(pooled)
+            # weights and gathered states are the same on every process: only the main one,
+            # which writes the report, spends the CPU on them
+            if distributed.is_main():
+                entry["static_embeddings"] = static_section(members, tok, cfg.k, cfg.seed)
+                if pooled is not None:
+                    entry["contextual_embeddings"] = contextual_section(pooled)
             timing[f"{name}.embeddings"] = time.perf_counter() - t0
         if "fisher" in cfg.analyses:
             t0 = time.perf_counter()
