@@ -235,9 +235,9 @@ def unigram_reference(corpus: Any, tokenizer: Any, eval_split: str, length: int,
     try:
         if eval_split == "all":
             raise FmauditError("no separate train split")
-        # a seeded sample of the train split (all of it when it is small), bounded for genomes
-        n_fit = max(4 * samples, UNIGRAM_FIT_WINDOWS)
-        texts = corpus.windows("train", length=length, n=n_fit, seed=seed + 1,
+        # a seeded sample of the train split (all of it when it is small): a fixed budget,
+        # ~2M tokens at 512 per window, ample for a unigram and independent of --samples
+        texts = corpus.windows("train", length=length, n=UNIGRAM_FIT_WINDOWS, seed=seed + 1,
                                allow_fewer=True).texts
         if not texts:
             raise FmauditError("the train split has no clean window")
