@@ -54,11 +54,34 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def replace_path(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Move ``src`` (a file or folder) onto ``dst``, replacing whatever ``dst`` is (a file or a
+    folder). The old ``dst`` is moved aside first, so ``dst`` is always either the old or the
+    complete new content."""
+    src, dst = Path(src), Path(dst)
+    if not dst.exists() and not dst.is_symlink():
+        os.replace(src, dst)
+        return
+    old = dst.with_name(f".{dst.name}.old")
+    if old.exists() or old.is_symlink():
+        _remove(old)
+    os.replace(dst, old)
+    os.replace(src, dst)
+    _remove(old)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; move it onto ``path`` when the block succeeds.
 
-    An existing ``path`` is replaced only after the new content is complete.
+    An existing ``path`` (folder or file) is replaced only after the new content is complete.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,15 +89,30 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        replace_path(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def writable_dir(path: str | os.PathLike[str], option: str) -> Path:
+    """Create ``path`` if needed and check a file can be written in it, before any long work.
+
+    Raises:
+        FmauditError: empty path, a file in the way, or no permission / read-only location.
+    """
+    from fmaudit.errors import FmauditError
+
+    if not str(path).strip():
+        raise FmauditError(f"{option}: empty path (name an output folder)")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FmauditError(f"{option} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise FmauditError(f"{option} {path}: cannot write there "
+                           f"({exc.strerror or type(exc).__name__})") from None
+    return path

@@ -42,6 +42,22 @@ def test_unknown_command_is_a_usage_error(capsys):
     assert code == 2 and "frobnicate" in err
 
 
+@pytest.mark.parametrize("args", [
+    ["frobnicate"],
+    ["train"],  # missing --out
+    ["report", "--nope"],
+    ["report", "m", "--samples", "abc"],
+    ["gate"],
+    ["gate", "r.json", "--format", "xml"],
+])
+def test_usage_errors_are_one_line(args, capsys):
+    code, _, err = run(args, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fmaudit: error: "), err
+    assert "--help" in lines[0] or args == ["frobnicate"]
+
+
 def test_help_is_light():
     """`fmaudit --help` must not import torch or transformers (instant help)."""
     code = ("import sys; from fmaudit.cli import main\n"

@@ -85,14 +85,27 @@ def _debug() -> bool:
     return "--debug" in sys.argv[1:] or bool(os.environ.get("FMAUDIT_DEBUG"))
 
 
+def one_line(message: str) -> str:
+    """A message with its line breaks (libraries' multi-line errors) folded into one line."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def _usage_message(exc: click.ClickException) -> str:
+    message = one_line(exc.format_message())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn exceptions into exit codes."""
     try:
         rv = cli.main(args=argv, prog_name="fmaudit", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:  # usage errors: click's own message, exit 2
-        exc.show()
+    except click.ClickException as exc:  # usage errors: click's message on one line, exit 2
+        print(f"fmaudit: error: {_usage_message(exc)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         print("fmaudit: interrupted", file=sys.stderr)
@@ -103,12 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     except FmauditError as exc:
         if _debug():
             raise
-        print(f"fmaudit: error: {exc}", file=sys.stderr)
+        print(f"fmaudit: error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except Exception as exc:
         if _debug():
             raise
-        print(f"fmaudit: internal error: {type(exc).__name__}: {exc} "
+        print(f"fmaudit: internal error: {type(exc).__name__}: {one_line(str(exc))} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)
     sys.exit(rv if isinstance(rv, int) else 0)

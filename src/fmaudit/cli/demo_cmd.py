@@ -34,12 +34,17 @@ def demo(out_dir: str, runs_dir: str, seeds: int, recipe: str, samples: int,
     from fmaudit.cli.report_cmd import run_report
     from fmaudit.corpus import CorpusOptions, bundled, open_corpus
     from fmaudit.corpus.stats import corpus_stats
+    from fmaudit.io import writable_dir
     from fmaudit.results.audit import AuditConfig
     from fmaudit.training import train_ensemble
     from fmaudit.training.recipes import load_recipe
 
-    if seeds < 1:
-        raise FmauditError(f"--seeds {seeds}: must be at least 1")
+    for option, value in (("--seeds", seeds), ("--samples", samples),
+                          ("--fisher-samples", fisher_samples)):
+        if value < 1:
+            raise FmauditError(f"{option} {value}: must be at least 1")
+    writable_dir(out_dir, "--out")  # both folders are checked before minutes of training
+    writable_dir(runs_dir, "--runs")
     progress.quiet_libraries()
     resolved = load_recipe(recipe).replace(source="--max-steps", max_steps=max_steps)
     click.echo("== Corpus statistics (model-free references)")

@@ -35,12 +35,17 @@ def _corpus_map(values: tuple[str, ...], names: list[str]) -> dict:
     for v in values:
         name, sep, path = v.partition("=")
         if sep and name in names:
-            out[name] = path
+            key: str | None = name
         elif sep and not Path(v).exists():
             raise FmauditError(f"--corpus {v!r}: no ensemble named {name!r} "
                                f"(ensembles: {', '.join(names)})")
         else:
-            out[None] = v
+            key, path = None, v
+        if key in out:
+            which = "for every ensemble" if key is None else f"for {key!r}"
+            raise FmauditError(f"--corpus {v!r}: a corpus {which} is already given "
+                               f"({out[key]!r})")
+        out[key] = path
     for path in out.values():
         if not Path(path).exists():
             raise FmauditError(f"--corpus {path}: no such file")
@@ -54,11 +59,13 @@ def _corpus_map(values: tuple[str, ...], names: list[str]) -> dict:
 @click.option("--corpus", "corpora", multiple=True, metavar="[NAME=]FILE",
               help="Evaluation corpus (FASTA or text); NAME=FILE for one ensemble. Default: the "
                    "members' manifest held-out split.")
-@click.option("--regions", default="", help="Comma-separated regions, e.g. chr8:1-2,000,000.")
+@click.option("--regions", multiple=True, metavar="REGION",
+              help="Evaluate only this region (repeatable), e.g. chr8 or chr8:1-2,000,000.")
 @click.option("--samples", default=256, show_default=True, help="Evaluation windows.")
 @click.option("--seq-len", type=int, default=None, help="Tokens per window [min(model max, 512)].")
 @click.option("--batch-size", default=16, show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Fixes windows and masks.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Fixes windows and masks.")
 @click.option("--mask-prob", default=0.15, show_default=True)
 @click.option("--top-p", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0", show_default=True)
 @click.option("--top-p-rule", type=click.Choice(["nucleus", "paper"]), default="nucleus",
@@ -84,7 +91,7 @@ def _corpus_map(values: tuple[str, ...], names: list[str]) -> dict:
               help="Write report.json (and report.html/.md) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[str, ...],
-           regions: str, samples: int, seq_len: int | None, batch_size: int, seed: int,
+           regions: tuple[str, ...], samples: int, seq_len: int | None, batch_size: int, seed: int,
            mask_prob: float, top_p: str, top_p_rule: str, ks: str, analyses: str,
            fisher_estimator: str, fisher_labels: str, fisher_samples: int, device: str,
            dtype: str, allow_pickle: bool, trust_remote_code: bool, gate_policy: str | None,
@@ -114,18 +121,25 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
     top_ps = _floats(top_p, "--top-p")
     if any(not 0 < p <= 1 for p in top_ps):
         raise FmauditError(f"--top-p {top_p}: every value must be in (0, 1]")
+    analysis_names = tuple(a.strip() for a in analyses.split(",") if a.strip())
+    if not analysis_names:
+        raise FmauditError("--analyses: no analysis given (choose from predictions, embeddings, "
+                           "fisher)")
     policy = None
     if gate_policy is not None:
         from fmaudit.gate import load_policy, require_baseline
 
+        if not Path(gate_policy).is_file():
+            raise FmauditError(f"--gate {gate_policy}: policy file not found (give a TOML "
+                               "policy, e.g. recipes/gate-default.toml)")
         policy = load_policy(Path(gate_policy))  # fail before any compute
         require_baseline(policy, baseline is not None)
     cfg = AuditConfig(
         ensembles=groups, corpus=_corpus_map(corpora, list(groups)),
-        regions=tuple(r for r in regions.split(",") if r.strip()) if regions else (),
+        regions=tuple(r.strip() for r in regions if r.strip()),
         samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed, mask_prob=mask_prob,
         top_p=top_ps, top_p_rule=top_p_rule, k=_ints(ks, "--k"),
-        analyses=tuple(a.strip() for a in analyses.split(",") if a.strip()),
+        analyses=analysis_names,
         fisher_estimator=fisher_estimator, fisher_labels=fisher_labels,
         fisher_samples=fisher_samples, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, device=device, dtype=dtype, argv=sys.argv[1:])
@@ -134,6 +148,10 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
         from fmaudit.gate import load_report
 
         baseline_data = load_report(Path(baseline))
+    if out_dir is not None:  # a folder we cannot write is found now, not after the compute
+        from fmaudit.io import writable_dir
+
+        writable_dir(out_dir, "--out")
     return run_report(cfg, out_dir, policy, gate_policy, baseline_data, as_json)
 
 
@@ -175,13 +193,34 @@ def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
 
 
 def write_report(report_data: dict, out: Path) -> None:
-    """report.json first (atomically), then the rendered views from it."""
-    from fmaudit.io import atomic_write_json
+    """report.json and its rendered views, staged in a hidden folder inside ``out`` and then
+    moved into place, report.json last: a failure leaves the previous report whole (never a new
+    report.json beside stale views)."""
+    import tempfile
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "report.json", report_data)
+    from fmaudit.io import atomic_write_json, replace_path
+
     try:
-        from fmaudit.report import render_report
-    except ImportError:  # renderer not installed in this build
-        return
-    render_report(report_data, out)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".report.", suffix=".tmp", dir=out) as tmp:
+            staging = Path(tmp)
+            atomic_write_json(staging / "report.json", report_data)
+            try:
+                from fmaudit.report import render_report
+            except ImportError:  # renderer not installed in this build
+                render_report = None
+            if render_report is not None:
+                render_report(report_data, staging)
+            for item in staging.iterdir():  # never replace a user's file by a folder or back
+                target = out / item.name
+                if target.exists() and target.is_dir() != item.is_dir():
+                    kind = "folder" if target.is_dir() else "file"
+                    raise FmauditError(f"--out {out}: {item.name} is a {kind} here; move it "
+                                       "away (the report writes its own)")
+            for item in sorted(staging.iterdir()):
+                if item.name != "report.json":
+                    replace_path(item, out / item.name)
+            replace_path(staging / "report.json", out / "report.json")
+    except OSError as exc:
+        raise FmauditError(f"--out {out}: cannot write the report "
+                           f"({exc.strerror or type(exc).__name__})") from None

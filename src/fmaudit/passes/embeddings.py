@@ -84,6 +84,15 @@ def static_section(members: list[Any], tokenizer: Any, ks: tuple[int, ...], seed
     return summarize_static(pairs, ks_ok, n, null=null, init=init)
 
 
+def _defined(metric: Any, *args: Any) -> float | None:
+    """A metric that is undefined on these states (e.g. every window pooled to the same vector,
+    as when --mask-prob 1 masks every token) is null in the report, not an error."""
+    try:
+        return metric(*args)
+    except ValueError:
+        return None
+
+
 def contextual_section(pooled: list[torch.Tensor | None]) -> dict:
     """Per layer, over member pairs: linear CKA and 10-NN overlap of the windows' mean-pooled
     states; per member: anisotropy and effective rank of the last layer."""
@@ -96,8 +105,9 @@ def contextual_section(pooled: list[torch.Tensor | None]) -> dict:
         ckas, overlaps = [], []
         for i, j in pair_indices(len(mats)):
             x, y = mats[i][:, layer].double(), mats[j][:, layer].double()
-            ckas.append(linear_cka(x, y) if windows >= 2 else None)
-            overlaps.append(topk_overlap(x, y, CONTEXT_K) if windows > CONTEXT_K + 1 else None)
+            ckas.append(_defined(linear_cka, x, y) if windows >= 2 else None)
+            overlaps.append(_defined(topk_overlap, x, y, CONTEXT_K)
+                            if windows > CONTEXT_K + 1 else None)
         layers.append({"layer": layer, "linear_cka": mean_std_pairs(ckas),
                        "knn_overlap": mean_std_pairs(overlaps)})
     last = [m[:, -1].double() for m in mats]
@@ -105,6 +115,6 @@ def contextual_section(pooled: list[torch.Tensor | None]) -> dict:
         "windows": windows,
         "k": CONTEXT_K,
         "layers": layers,
-        "anisotropy": mean_std_members([anisotropy(h) for h in last]),
-        "effective_rank": mean_std_members([effective_rank(h) for h in last]),
+        "anisotropy": mean_std_members([_defined(anisotropy, h) for h in last]),
+        "effective_rank": mean_std_members([_defined(effective_rank, h) for h in last]),
     }

@@ -96,17 +96,42 @@ def resolve_ensemble(name: str, specs: list[str], cfg: AuditConfig) -> list[Memb
         if m.config.vocab_size != ref.config.vocab_size:
             raise FmauditError(f"{m.resolved.id}: output size {m.config.vocab_size} differs from "
                                f"{ref.resolved.id} ({ref.config.vocab_size})")
+        # a seed ensemble shares its architecture; the embedding comparisons need one width
+        width, ref_width = (getattr(c, "hidden_size", None) for c in (m.config, ref.config))
+        if width != ref_width:
+            raise FmauditError(f"{m.resolved.id}: hidden size {width} differs from "
+                               f"{ref.resolved.id} ({ref_width}); members of one ensemble must "
+                               "share the architecture (compare families with --ensemble)")
     return members
 
 
 def pick_device(requested: str) -> torch.device:
     if requested != "auto":
         try:
-            return torch.device(requested)
+            device = torch.device(requested)
         except RuntimeError:
             raise FmauditError(f"--device {requested!r}: not a torch device") from None
+        _check_available(device, requested)
+        return device
     state = distributed.state()
     return state.device
+
+
+def _check_available(device: torch.device, requested: str) -> None:
+    if device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)
+    available = backend is not None and hasattr(backend, "is_available") and \
+        backend.is_available()
+    if device.type == "mps":
+        available = torch.backends.mps.is_available()
+    if not available:
+        raise FmauditError(f"--device {requested!r}: no {device.type} device is available "
+                           "here (use --device auto or cpu)")
+    count = backend.device_count() if hasattr(backend, "device_count") else None
+    if device.index is not None and count is not None and device.index >= count:
+        raise FmauditError(f"--device {requested!r}: this machine has {count} {device.type} "
+                           f"device(s)")
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype | None:
@@ -140,23 +165,36 @@ def eval_corpus(name: str, members: list[Member], cfg: AuditConfig) -> tuple[Any
 
     path = cfg.corpus.get(name) or cfg.corpus.get(None)
     manifest = members[0].resolved.manifest
+    where = str(members[0].resolved.path / "fmaudit.json")
     if path is not None:
         options = CorpusOptions(regions=tuple(cfg.regions)) if cfg.regions else CorpusOptions()
         corpus = open_corpus(path, options)
         # a user-supplied corpus is evaluated whole unless it is the manifest's own corpus
         split = "all"
-        if manifest and _same_file(manifest_corpus_path(manifest), path):
-            corpus = open_corpus(path, manifest_corpus_options(manifest, cfg.regions))
+        if manifest and _same_file(manifest_corpus_path(manifest, where), path):
+            corpus = open_corpus(path, manifest_corpus_options(manifest, cfg.regions, where))
             split = "holdout"
+            _warn_if_changed(corpus, manifest, where)
         return corpus, split
     if manifest is None:
         raise FmauditError(f"ensemble {name!r}: --corpus is required (its members carry no "
                            "fmaudit manifest naming their held-out data)")
-    mpath = manifest_corpus_path(manifest)
+    mpath = manifest_corpus_path(manifest, where)
     if mpath is None or not Path(mpath).exists():
         raise FmauditError(f"ensemble {name!r}: the manifest's corpus {mpath} is not available "
                            "here; pass --corpus")
-    return open_corpus(mpath, manifest_corpus_options(manifest, cfg.regions)), "holdout"
+    corpus = open_corpus(mpath, manifest_corpus_options(manifest, cfg.regions, where))
+    _warn_if_changed(corpus, manifest, where)
+    return corpus, "holdout"
+
+
+def _warn_if_changed(corpus: Any, manifest: dict, where: str) -> None:
+    """The held-out split is only held out from the file the members were trained on."""
+    trained_on = _manifest_corpus(manifest, where).get("file_sha256")
+    if trained_on and distributed.is_main() and corpus.file_sha256() != trained_on:
+        progress.warn(f"{corpus.path}: the file differs from the one the members were trained "
+                      f"on ({where} records sha256 {str(trained_on)[:12]}...); its held-out "
+                      "split may overlap their training data")
 
 
 def _same_file(a: str | None, b: str) -> bool:
@@ -168,15 +206,28 @@ def _same_file(a: str | None, b: str) -> bool:
         return False
 
 
-def manifest_corpus_path(manifest: dict) -> str | None:
-    corpus = manifest.get("corpus") or {}
-    return corpus.get("path")
+def _manifest_corpus(manifest: Any, where: str = "fmaudit.json") -> dict:
+    """The manifest's ``corpus`` object, checked: a hand-edited or corrupt manifest is bad
+    input, not a crash."""
+    corpus = manifest.get("corpus") if isinstance(manifest, dict) else None
+    if corpus is None and isinstance(manifest, dict):
+        return {}
+    if not isinstance(corpus, dict) or not isinstance(corpus.get("options") or {}, dict) or \
+            not isinstance(corpus.get("path") or "", str):
+        raise FmauditError(f"{where}: the member manifest's 'corpus' entry is malformed "
+                           "(expected an object with path and options; pass --corpus)")
+    return corpus
 
 
-def manifest_corpus_options(manifest: dict, regions: tuple[str, ...] = ()) -> Any:
+def manifest_corpus_path(manifest: dict, where: str = "fmaudit.json") -> str | None:
+    return _manifest_corpus(manifest, where).get("path")
+
+
+def manifest_corpus_options(manifest: dict, regions: tuple[str, ...] = (),
+                            where: str = "fmaudit.json") -> Any:
     from fmaudit.corpus import CorpusOptions
 
-    corpus = manifest.get("corpus") or {}
+    corpus = _manifest_corpus(manifest, where)
     opts = dict(corpus.get("options") or {})
     known = set(CorpusOptions.__dataclass_fields__)
     opts = {k: (tuple(v) if isinstance(v, list) else v) for k, v in opts.items() if k in known}
