@@ -7,9 +7,12 @@ Secure by default: safetensors only (a pickle checkpoint needs ``allow_pickle``)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,18 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 MLM = "mlm"
 CLM = "clm"
+
+# Files that hold a tokenizer's vocabulary or its description: a folder with none of them has
+# no tokenizer (transformers would silently build an empty one from config.json's model type).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "special_tokens_map.json", "added_tokens.json")
+# Structural config values that must be positive integers for the model to be built at all.
+POSITIVE_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                          "max_position_embeddings")
+# transformers loggers that print the multi-line "LOAD REPORT" table while weights load; we
+# report missing or mismatched weights ourselves, in one line.
+_LOAD_LOGGERS = ("transformers.modeling_utils", "transformers.utils.loading_report",
+                 "transformers.core_model_loading")
 
 
 @dataclass
@@ -105,12 +120,21 @@ def _hub_download(spec: MemberSpec, allow_pickle: bool, retries: int = 3) -> Pat
 
 def resolve_member(spec: MemberSpec, allow_pickle: bool = False) -> ResolvedMember:
     """A local folder if ``spec.source`` is one, else a Hub id fetched into the HF cache."""
-    local = Path(spec.source).expanduser()
-    if local.is_dir():
+    shown = spec.source if len(spec.source) <= 120 else spec.source[:117] + "..."
+    try:
+        local = Path(spec.source).expanduser()
+        is_dir, exists = local.is_dir(), local.exists()
+        resolved = local.resolve() if is_dir else None
+    except RuntimeError:  # '~user' with no such user, or no home directory to expand '~' to
+        raise FmauditError(f"{shown}: cannot expand '~' (no such user or no home directory)") \
+            from None
+    except OSError as exc:  # e.g. a name too long for the file system, or a symlink loop
+        raise FmauditError(f"{shown}: not a usable path ({exc.strerror or exc})") from None
+    if resolved is not None:
         if spec.revision is not None:
             raise FmauditError(f"{spec.label}: a local folder has no revision (drop '@...')")
-        path, revision, source = local.resolve(), None, "local"
-    elif local.exists():
+        path, revision, source = resolved, None, "local"
+    elif exists:
         raise FmauditError(f"{spec.source}: is a file, expected a model folder or a Hub id")
     elif spec.source.startswith((".", "/", "~")) or not _REPO_ID.match(spec.source):
         raise FmauditError(f"{spec.source}: no such folder (and not a Hub id of the form org/name)")
@@ -124,6 +148,9 @@ def resolve_member(spec: MemberSpec, allow_pickle: bool = False) -> ResolvedMemb
             manifest = json.loads((path / MANIFEST).read_text())
         except (OSError, ValueError) as exc:
             raise FmauditError(f"{path / MANIFEST}: unreadable manifest ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise FmauditError(f"{path / MANIFEST}: expected a JSON object, found "
+                               f"{type(manifest).__name__}")
     return ResolvedMember(id=spec.label, path=path, revision=revision, source=source,
                           manifest=manifest)
 
@@ -133,7 +160,7 @@ def init_dir_of(member: ResolvedMember) -> str | None:
     member folder), else ``init/<name>`` beside it (fmaudit train's layout); None if absent."""
     manifest = member.manifest or {}
     candidates = []
-    if manifest.get("init"):
+    if manifest.get("init") and isinstance(manifest["init"], str):
         candidates.append(member.path / manifest["init"])
     candidates.append(member.path.parent / "init" / member.path.name)
     for c in candidates:
@@ -165,13 +192,26 @@ def load_config(member: ResolvedMember, trust_remote_code: bool = False) -> Any:
         raw = json.loads(cfg_path.read_text())
     except ValueError as exc:
         raise FmauditError(f"{cfg_path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise FmauditError(f"{cfg_path}: cannot read it ({exc.strerror or exc})") from None
+    if not isinstance(raw, dict):
+        raise FmauditError(f"{cfg_path}: expected a JSON object, found {type(raw).__name__}")
     if raw.get("auto_map") and not trust_remote_code:
         raise FmauditError(f"{member.id}: the model needs its own code from the repository "
                            "(config auto_map); pass --trust-remote-code if you trust it")
     try:
-        return AutoConfig.from_pretrained(member.path, trust_remote_code=trust_remote_code)
-    except (ValueError, KeyError, OSError) as exc:
-        raise FmauditError(f"{member.id}: cannot read config.json ({exc})") from None
+        config = AutoConfig.from_pretrained(member.path, trust_remote_code=trust_remote_code)
+    except MemoryError:
+        raise
+    except Exception as exc:  # transformers validates fields with many exception types
+        raise FmauditError(f"{cfg_path}: not a usable model config ({_one_line(exc)})") from None
+    for name in POSITIVE_CONFIG_FIELDS:
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise FmauditError(f"{cfg_path}: {name} is {value!r}, expected a positive integer")
+    return config
 
 
 def detect_objective(config: Any) -> str:
@@ -196,23 +236,114 @@ def detect_objective(config: Any) -> str:
     raise FmauditError(f"model type {model_type!r}: neither a masked nor a causal language model")
 
 
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: message`` on one line, short enough for a one-line CLI error."""
+    message = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """Silence transformers' load report (dozens of stderr lines) for the duration of a load."""
+
+    def below_error(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+    # a filter, not setLevel: transformers 5 runs an extra tensor-parallel check, with its own
+    # warnings, when the modeling_utils logger's level is WARNING or above
+    loggers = [logging.getLogger(name) for name in _LOAD_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(below_error)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(below_error)
+
+
+def _check_shard_index(member: ResolvedMember, allow_pickle: bool) -> None:
+    """A sharded checkpoint's index must name shards that exist; transformers otherwise fails
+    with a bare KeyError or FileNotFoundError."""
+    names = {p.name for p in member.path.iterdir()}
+    if "model.safetensors" in names:
+        return
+    if "model.safetensors.index.json" in names:
+        index = member.path / "model.safetensors.index.json"
+    elif allow_pickle and "pytorch_model.bin" not in names and PICKLE_WEIGHTS[1] in names:
+        index = member.path / PICKLE_WEIGHTS[1]
+    else:
+        return
+    try:
+        raw = json.loads(index.read_text())
+    except (OSError, ValueError) as exc:
+        raise FmauditError(f"{index}: unreadable shard index ({exc})") from None
+    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise FmauditError(f"{index}: no 'weight_map' naming the weight shards")
+    shards = {str(v) for v in weight_map.values()}
+    absent = sorted(s for s in shards if not (member.path / s).is_file())
+    if absent:
+        raise FmauditError(f"{index}: names weight shard(s) not in {member.path}: "
+                           f"{', '.join(absent[:3])}")
+
+
+def _check_loading_info(member: ResolvedMember, model: Any, info: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose weights do not fill the model: transformers re-initialises
+    missing or wrongly shaped weights at random, and the audit would measure noise as if trained.
+    Unexpected extra tensors (a pooler, a classification head) are harmless and ignored."""
+    missing = set(info.get("missing_keys") or ())
+    # weights tied to a loaded one (the output layer to the input embeddings) are legitimately
+    # absent from the file; transformers normally drops them already, this is a safety net
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    missing = {k for k in missing if not (k in tied and tied[k] not in missing)}
+    if missing:
+        shown = ", ".join(sorted(missing)[:3])
+        raise FmauditError(f"{member.id}: the checkpoint lacks {len(missing)} weight(s) a "
+                           f"{type(model).__name__} needs (e.g. {shown}); is it a model "
+                           "without its language-model head, or incomplete?")
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda t: str(t[0]))
+    if mismatched:
+        key, ckpt, want = mismatched[0]
+        raise FmauditError(f"{member.id}: {len(mismatched)} weight(s) have another shape than "
+                           f"config.json implies (e.g. {key}: {tuple(ckpt)} in the checkpoint, "
+                           f"{tuple(want)} from the config); config.json does not match the "
+                           "weights")
+
+
 def load_model(member: ResolvedMember, config: Any, objective: str, *,
                allow_pickle: bool = False, trust_remote_code: bool = False,
                attn_implementation: str | None = "sdpa") -> Any:
-    """Load weights with the Auto class of the objective, in eval mode."""
+    """Load weights with the Auto class of the objective, in eval mode.
+
+    Any failure to read the weights, and any weight the model needs that the checkpoint lacks
+    or holds in another shape, is a FmauditError naming the member.
+    """
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
+    _check_shard_index(member, allow_pickle)
     auto = AutoModelForMaskedLM if objective == MLM else AutoModelForCausalLM
+    # ignore_mismatched_sizes: report wrong shapes through the loading info (checked below)
+    # instead of a RuntimeError after a long printed report
     kwargs: dict[str, Any] = {"config": config, "trust_remote_code": trust_remote_code,
-                              "use_safetensors": None if allow_pickle else True}
+                              "use_safetensors": None if allow_pickle else True,
+                              "output_loading_info": True, "ignore_mismatched_sizes": True}
+    oom = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
     try:
-        try:
-            model = auto.from_pretrained(member.path, attn_implementation=attn_implementation,
-                                         **kwargs)
-        except (ValueError, ImportError):  # architecture without SDPA support
-            model = auto.from_pretrained(member.path, **kwargs)
-    except OSError as exc:
-        raise FmauditError(f"{member.id}: cannot load weights ({exc})") from None
+        with _quiet_load_report():
+            try:
+                model, info = auto.from_pretrained(
+                    member.path, attn_implementation=attn_implementation, **kwargs)
+            except (ValueError, ImportError):  # architecture without SDPA support
+                model, info = auto.from_pretrained(member.path, **kwargs)
+    except oom:
+        raise
+    except Exception as exc:  # corrupt or truncated files, bad pickles, configs the weights
+        # do not fit: whatever the loader raises, the member's files are at fault
+        raise FmauditError(f"{member.id}: cannot load its weights, the checkpoint looks corrupt "
+                           f"or does not fit config.json ({_one_line(exc)})") from None
+    _check_loading_info(member, model, info)
     model.eval()
     return model
 
@@ -220,10 +351,20 @@ def load_model(member: ResolvedMember, config: Any, objective: str, *,
 def load_tokenizer(member: ResolvedMember, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
+    names = {p.name for p in member.path.iterdir()}
+    has_files = bool(names & set(TOKENIZER_FILES)) or any(
+        n.endswith((".model", ".spm", ".tiktoken")) or "vocab" in n for n in names)
+    # remote code may build its tokenizer without files; otherwise transformers would make an
+    # empty tokenizer from config.json's model type and we would audit with it
+    if not has_files and not trust_remote_code:
+        raise FmauditError(f"{member.id}: no tokenizer files (tokenizer.json, vocab.txt, ...) in "
+                           f"{member.path}; save the tokenizer with the model")
     try:
         tok = AutoTokenizer.from_pretrained(member.path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise FmauditError(f"{member.id}: cannot load its tokenizer ({exc})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # malformed tokenizer files fail with KeyError, TypeError, ...
+        raise FmauditError(f"{member.id}: cannot load its tokenizer ({_one_line(exc)})") from None
     if tok.pad_token is None:
         # GPT-2/Pythia-style tokenizers have no padding token; padded positions are masked out
         # by the attention mask and never predicted, so any special token will do
