@@ -288,11 +288,17 @@ def test_baseline_missing_pieces(two: Report, baseline_two: Report,
     # named explicitly: the baseline file is wrong
     with pytest.raises(FmauditError, match=r"ensemble 'text' is not in .*present: dna"):
         gate(two, policy_file, body + 'ensemble = "text"\n', baseline_two)
-    # a metric the baseline lacks (analysis not run then): skipped
+    # a metric the baseline lacks (analysis not run then): as for the report, exit 2 by default
     del baseline_two["ensembles"]["dna"]["fisher"]
-    row = gate(two, policy_file, '[[check]]\nmetric = "fisher.coarse.embeddings"\n'
-               'ensemble = "dna"\nmax_increase = 1\n', baseline_two).checks[0]
-    assert row.status == "skip" and row.message.startswith("not applicable: baseline")
+    body = '[[check]]\nmetric = "fisher.coarse.embeddings"\nensemble = "dna"\nmax_increase = 1\n'
+    with pytest.raises(FmauditError, match=r"metric 'fisher.coarse.embeddings' not found in "
+                                           r"ensemble 'dna' of baseline report.json: .*the "
+                                           r"baseline lacks it"):
+        gate(two, policy_file, body, baseline_two)
+    # ... and a skipped row that says why with missing = "skip"
+    row = gate(two, policy_file, body + 'missing = "skip"\n', baseline_two).checks[0]
+    assert row.status == "skip" and row.message.startswith("not applicable: baseline: ")
+    assert "of baseline report.json (missing = \"skip\")" in row.message
 
 
 def test_baseline_sharing_no_ensemble_is_bad_input(two: Report, single: Report,
@@ -340,9 +346,9 @@ def test_missing_ensemble_lists_present_ones(two: Report, policy_file: PolicyFil
 
 @pytest.mark.parametrize(("mutate", "message"), [
     (lambda r: r.pop("schema_version"), "no schema_version"),
-    (lambda r: r.update(schema_version=2), "schema_version 2 is not supported"),
+    (lambda r: r.update(schema_version=2), "unknown schema_version 2"),
     (lambda r: r.update(ensembles={}), "no ensembles"),
-    (lambda r: r["ensembles"].update(dna=[1]), "ensemble 'dna' is not an object"),
+    (lambda r: r["ensembles"].update(dna=[1]), r"ensembles.dna: must be an object"),
 ])
 def test_malformed_report(two: Report, policy_file: PolicyFile,
                           mutate: Callable[[Report], Any], message: str) -> None:

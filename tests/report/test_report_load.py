@@ -24,9 +24,10 @@ def test_load_returns_the_report(tmp_path: Path, report_three: dict[str, Any]) -
     ('{"schema_version": 2, "ensembles": {}}', "unknown schema_version 2"),
     ('{"schema_version": "1", "ensembles": {}}', "unknown schema_version '1'"),
     ('{"schema_version": true, "ensembles": {}}', "unknown schema_version True"),
-    ('{"ensembles": {}}', "unknown schema_version None"),
+    ('{"ensembles": {}}', "no schema_version"),
     ('{"schema_version": 1}', "'ensembles' is missing"),
-    ('{"schema_version": 1, "ensembles": {"a": 3}}', "must be an object"),
+    ('{"schema_version": 1, "ensembles": {}}', "no ensembles"),
+    ('{"schema_version": 1, "ensembles": {"a": 3}}', "ensembles.a: must be an object"),
 ])
 def test_bad_reports_name_the_file(tmp_path: Path, content: str, expected: str) -> None:
     path = tmp_path / "my report.json"
@@ -52,8 +53,11 @@ def test_missing_folder_and_binary_files(tmp_path: Path) -> None:
 def test_check_report_accepts_a_dict_and_names_the_source() -> None:
     with pytest.raises(FmauditError, match=r"^out/report\.json: unknown schema_version 7"):
         check_report({"schema_version": 7, "ensembles": {}}, "out/report.json")
-    assert check_report({"schema_version": 1, "ensembles": {}}) == {
-        "schema_version": 1, "ensembles": {}}
+    # no ensembles: nothing to render, and a gate over it would pass vacuously
+    with pytest.raises(FmauditError, match=r"^report\.json: no ensembles"):
+        check_report({"schema_version": 1, "ensembles": {}})
+    assert check_report({"schema_version": 1, "ensembles": {"a": {}}}) == {
+        "schema_version": 1, "ensembles": {"a": {}}}
 
 
 def _stats(obj: Any) -> list[dict[str, Any]]:

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 
 @click.command("render", short_help="Re-render report.html and report.md from a report.json.")
-@click.argument("report_json", type=click.Path(path_type=Path, dir_okay=True))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+# Paths arrive as str, not Path: Path("") is ".", and an empty path (an unset variable in a
+# script) must be refused, not read as ./report.json or written into ".".
+@click.argument("report_json", type=click.Path(dir_okay=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
               default=None, help="Folder for report.html, report.md and figures/ "
               "[default: the folder of REPORT_JSON].")
-def render(report_json: Path, out_dir: Path | None) -> None:
+def render(report_json: str, out_dir: str | None) -> None:
     """Render REPORT_JSON (written by `fmaudit report`) as report.html, report.md and figures.
 
-    Reads only the JSON: no model is loaded and nothing is recomputed. Prints the written paths.
+    REPORT_JSON may be the folder holding report.json. Reads only the JSON: no model is loaded
+    and nothing is recomputed. Prints the written paths.
     """
+    from fmaudit.io import writable_dir
     from fmaudit.report import load_report, render_report
+    from fmaudit.report.load import input_path, report_path
 
-    report = load_report(report_json)
-    written = render_report(report, out_dir if out_dir is not None else report_json.parent,
-                            source=str(report_json))
+    source = report_path(input_path(report_json, "REPORT_JSON"))
+    # Where the files go is checked before any rendering (an explicit --out before reading).
+    out = writable_dir(out_dir, "--out") if out_dir is not None else None
+    report = load_report(source)  # the gate's validator: render is exactly as strict
+    if out is None:
+        out = writable_dir(source.parent, "default --out")
+    written = render_report(report, out, source=str(source))
     for name in ("report.html", "report.md"):
         click.echo(str(written[name]))

@@ -8,17 +8,11 @@ Pipeline: ``load_policy`` (validate before any compute) -> ``run_gate`` (report 
 >>> report["gate"] = result.to_dict(); exit_code = result.exit_code  # doctest: +SKIP
 """
 
-from fmaudit.gate.evaluate import (
-    CheckResult,
-    GateResult,
-    check_report,
-    load_report,
-    require_baseline,
-    run_gate,
-)
+from fmaudit.gate.evaluate import CheckResult, GateResult, require_baseline, run_gate
 from fmaudit.gate.formats import OutputFormat, junit_xml, render, write_junit
 from fmaudit.gate.paths import compact_names, metric_names, resolve
 from fmaudit.gate.policy import Check, Policy, default_policy_path, load_policy, parse_policy
+from fmaudit.report.load import check_report, load_report  # the one report.json reader
 
 __all__ = [
     "Check",

@@ -6,19 +6,21 @@ row for ``max_increase``/``max_decrease`` against the baseline. A row is:
 * ``pass``  the value lies within the bound (bounds are inclusive, to a 1e-9 relative tolerance,
   so ``0.9 + 0.02`` is not refused for ``0.92`` over a floating-point rounding);
 * ``fail``  it does not;
-* ``skip``  not applicable: the value is null in the report (e.g. disagreement with one member),
-  the ``relative_to`` denominator is null or 0, the baseline lacks the value, or the metric is
-  absent and the check says ``missing = "skip"``.
+* ``skip``  not applicable: the value is null in the report or the baseline (e.g. disagreement
+  with one member), the ``relative_to`` denominator is null or 0, an implicitly gated ensemble is
+  new since the baseline, or the metric is absent (from the report or the baseline) and the check
+  says ``missing = "skip"``.
 
 The gate passes when no row fails; skipped rows neither pass nor fail and are reported as such.
-Anything the user must fix (an unknown metric or ensemble, a stat the value does not have, a
-missing baseline) raises :class:`FmauditError` (exit 2) naming the policy check and the file.
+Anything the user must fix (a malformed report or baseline, an unknown metric or ensemble, a
+metric the baseline lacks under the default ``missing = "error"``, a stat the value does not
+have, a missing baseline) raises :class:`FmauditError` (exit 2) naming the policy check and the
+file.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,8 +30,8 @@ from typing import Any, Literal
 from fmaudit.errors import EXIT_GATE_FAILED, EXIT_OK, FmauditError
 from fmaudit.gate.paths import PathError, compact_names, is_number, is_stat, metric_names, resolve
 from fmaudit.gate.policy import Check, Policy, load_policy
+from fmaudit.report.load import check_report  # the one report.json validator (gate and render)
 
-SUPPORTED_SCHEMA_VERSIONS = (1,)
 Status = Literal["pass", "fail", "skip"]
 
 _REL_TOL = 1e-9
@@ -113,59 +115,6 @@ class GateResult:
                 "checks": [c.to_dict() for c in self.checks]}
 
 
-# --- reading reports ----------------------------------------------------------------------------
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
-def check_report(report: Any, name: str) -> Mapping[str, Mapping[str, Any]]:
-    """Validate the parts of report.json the gate reads; return its ``ensembles``."""
-    if not isinstance(report, Mapping):
-        raise FmauditError(f"{name}: not a report (expected a JSON object; pass the report.json "
-                           "written by fmaudit report)")
-    version = report.get("schema_version")
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
-        if version is None:
-            raise FmauditError(f"{name}: no schema_version (pass the report.json written by "
-                               "fmaudit report)")
-        raise FmauditError(f"{name}: schema_version {version!r} is not supported (this fmaudit "
-                           f"reads {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}; use a "
-                           "matching fmaudit version)")
-    ensembles = report.get("ensembles")
-    if not isinstance(ensembles, Mapping) or not ensembles:
-        raise FmauditError(f"{name}: no ensembles (the report is empty; rerun fmaudit report)")
-    for ens_name, ens in ensembles.items():
-        if not isinstance(ens, Mapping):
-            raise FmauditError(f"{name}: ensemble {ens_name!r} is not an object (rerun fmaudit "
-                               "report)")
-    return ensembles
-
-
-def load_report(path: str | Path) -> dict[str, Any]:
-    """Read report.json (``path`` may be its folder); raises :class:`FmauditError` on bad input."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "report.json"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FmauditError(f"{path}: report not found (run fmaudit report first, or pass "
-                           "DIR/report.json)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FmauditError(f"{path}: cannot read the report ({exc})") from None
-    try:
-        report = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise FmauditError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}; "
-                           "regenerate it with fmaudit report)") from None
-    except ValueError as exc:
-        raise FmauditError(f"{path}: contains {exc} (numbers must be numbers or null; "
-                           "regenerate it with fmaudit report)") from None
-    check_report(report, str(path))
-    return report
-
-
 # --- values -------------------------------------------------------------------------------------
 
 class _NotApplicable(Exception):
@@ -176,21 +125,30 @@ class _StatError(Exception):
     """The value cannot give the asked stat (or is malformed): bad input, exit 2."""
 
 
-class _Missing(Exception):
-    """The metric path does not resolve in ``ensemble`` (a gated or a relative_to one)."""
+class _NotGateable(Exception):
+    """The path resolves, but to something that is neither a number nor a statistic."""
 
-    def __init__(self, ensemble: str, problem: str) -> None:
+
+class _Missing(Exception):
+    """The metric is not in ``ensemble`` (a gated or a relative_to one).
+
+    ``present``: the path resolves, but to a table or a list. ``missing = "skip"`` never covers
+    that case: it is a wrong metric name or a malformed file, never an analysis that was not run.
+    """
+
+    def __init__(self, ensemble: str, problem: str, present: bool = False) -> None:
         super().__init__(problem)
         self.ensemble = ensemble
+        self.present = present
 
 
 def _unknown_metric(where: str, check: Check, ens_name: str, ens: Mapping[str, Any],
-                    problem: str, report_name: str) -> FmauditError:
+                    problem: str, report_name: str, fix: str = "") -> FmauditError:
     names = metric_names(ens)
     close = difflib.get_close_matches(check.metric, names, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     return FmauditError(f"{where}: metric {check.metric!r} not found in ensemble {ens_name!r} of "
-                        f"{report_name}: {problem} ({hint}valid names: "
+                        f"{report_name}: {problem} ({fix}{hint}valid names: "
                         f"{', '.join(compact_names(ens))})")
 
 
@@ -206,7 +164,7 @@ def _stat_value(node: Any, check: Check, ens_name: str) -> tuple[float, str | No
     """The number ``check`` reads from a resolved node, and the stat label for output.
 
     Plain number: itself. Statistic: its ``mean``/``std`` field, or max/min over ``members``.
-    Raises PathError when the node is not gateable, _StatError for a stat it does not have,
+    Raises _NotGateable when the node is not gateable, _StatError for a stat it does not have,
     _NotApplicable for null.
     """
     metric = check.metric
@@ -218,7 +176,7 @@ def _stat_value(node: Any, check: Check, ens_name: str) -> tuple[float, str | No
                              "apply (remove stat)")
         return float(node), None
     if not is_stat(node):
-        raise PathError(f"'{metric}' is a {_kind(node)}, not a number or a statistic")
+        raise _NotGateable(f"'{metric}' is a {_kind(node)}, not a number or a statistic")
     stat = check.stat or "mean"
     if stat in ("mean", "std"):
         value = node[stat]
@@ -248,6 +206,8 @@ def _value(ensembles: Mapping[str, Mapping[str, Any]], ens_name: str,
         value, stat = _stat_value(resolve(ensembles[ens_name], check.metric), check, ens_name)
     except PathError as exc:
         raise _Missing(ens_name, str(exc)) from None
+    except _NotGateable as exc:
+        raise _Missing(ens_name, str(exc), present=True) from None
     if check.relative_to is None:
         return value, stat
     ref = check.relative_to
@@ -255,6 +215,8 @@ def _value(ensembles: Mapping[str, Mapping[str, Any]], ens_name: str,
         denom, _ = _stat_value(resolve(ensembles[ref], check.metric), check, ref)
     except PathError as exc:
         raise _Missing(ref, str(exc)) from None
+    except _NotGateable as exc:
+        raise _Missing(ref, str(exc), present=True) from None
     except _NotApplicable as exc:
         raise _NotApplicable(f"relative_to: {exc}") from None
     if denom == 0:
@@ -379,7 +341,7 @@ def _try_value(ensembles: Mapping[str, Mapping[str, Any]], ens_name: str, check:
     except _NotApplicable as exc:
         return None, _default_stat(ensembles[ens_name], check), str(exc)
     except _Missing as exc:
-        if check.missing == "skip":
+        if check.missing == "skip" and not exc.present:
             return None, check.stat, (f"{check.metric} is not in ensemble {exc.ensemble!r} "
                                       f"(missing = \"skip\"): {exc}")
         raise _unknown_metric(where, check, exc.ensemble, ensembles[exc.ensemble], str(exc),
@@ -411,8 +373,11 @@ def run_gate(report: Mapping[str, Any], policy_path: str | Path,
     """
     policy = policy if policy is not None else load_policy(policy_path)
     require_baseline(policy, baseline is not None)
-    ensembles = check_report(report, report_name)
-    base_ensembles = check_report(baseline, baseline_name) if baseline is not None else None
+    # The baseline is held to the same rules as the report: a malformed one must not turn its
+    # rows into "not applicable" and let the gate pass.
+    ensembles = check_report(report, report_name)["ensembles"]
+    base_ensembles = (check_report(baseline, baseline_name)["ensembles"]
+                      if baseline is not None else None)
     present = list(ensembles)
     if (policy.needs_baseline and base_ensembles is not None
             and not set(present) & set(base_ensembles)):
@@ -442,9 +407,11 @@ def _baseline_value(check: Check, ens_name: str,
                     baseline_name: str) -> tuple[float | None, str | None]:
     """The baseline's value for a row, or (None, reason) when the baseline cannot supply it.
 
+    The baseline follows the report's rules: null is not applicable (skipped), a malformed value
+    or a stat it cannot give is bad input (exit 2), and a metric it lacks follows the check's
+    ``missing`` (exit 2 by default, a skipped row that says so with ``missing = "skip"``).
     An ensemble the policy names explicitly must be in the baseline (a wrong baseline file would
     otherwise pass silently); an implicitly gated one that is new since the baseline is skipped.
-    A metric the baseline lacks (an analysis not run then) is skipped, not an error.
     """
     present = ", ".join(base_ensembles)
     explicit = [*(check.ensembles or ()), *([check.relative_to] if check.relative_to else [])]
@@ -456,8 +423,16 @@ def _baseline_value(check: Check, ens_name: str,
         return None, f"ensemble {ens_name!r} is not in the baseline"
     try:
         value, _ = _value(base_ensembles, ens_name, check)
-    except (_NotApplicable, _StatError) as exc:
+    except _NotApplicable as exc:
         return None, str(exc)
+    except _StatError as exc:
+        raise FmauditError(f"{where}: {exc} [{baseline_name}]") from None
     except _Missing as exc:
-        return None, f"{check.metric} not found in {exc.ensemble!r} ({exc})"
+        if check.missing == "skip" and not exc.present:
+            return None, (f"{check.metric} is not in ensemble {exc.ensemble!r} of "
+                          f"{baseline_name} (missing = \"skip\"): {exc}")
+        fix = ("" if exc.present else "the baseline lacks it: pass a baseline audited with the "
+               "same analyses, or set missing = \"skip\" to skip such rows; ")
+        raise _unknown_metric(where, check, exc.ensemble, base_ensembles[exc.ensemble],
+                              str(exc), baseline_name, fix) from None
     return value, None

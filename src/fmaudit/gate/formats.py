@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from fmaudit.gate.evaluate import CheckResult, GateResult
-from fmaudit.io import atomic_write_bytes
+from fmaudit.report.outputs import write_output
 
 HEADERS = ("metric", "ensemble", "stat", "value", "bound", "verdict")
 JUNIT_SUITE = "fmaudit gate"
@@ -141,6 +141,9 @@ def junit_xml(result: GateResult) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
-def write_junit(result: GateResult, path: str | Path) -> None:
-    """Write :func:`junit_xml` to ``path`` atomically."""
-    atomic_write_bytes(path, junit_xml(result))
+def write_junit(result: GateResult, path: str | Path, option: str | None = None) -> None:
+    """Write :func:`junit_xml` to ``path`` atomically.
+
+    An OS error is an :class:`FmauditError` naming ``option`` (e.g. ``--junit``) and the path.
+    """
+    write_output(path, junit_xml(result), option)

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fmaudit.report.load import is_number  # one notion of a number for every reader
+
 # Fields of a statistic object; never used as list selectors.
 STAT_FIELDS = ("mean", "std", "members")
 
@@ -44,11 +46,6 @@ _ABS_TOL = 1e-12
 
 class PathError(Exception):
     """A path that does not resolve; the message says where it stopped (no file name)."""
-
-
-def is_number(x: Any) -> bool:
-    """A finite int or float that is not a bool."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def is_stat(x: Any) -> bool:

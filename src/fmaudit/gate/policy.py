@@ -101,7 +101,12 @@ def _number(where: str, key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FmauditError(f"{where}: {key} must be a number, got {type(value).__name__} "
                            f"{value!r} (write e.g. {key} = 0.9, without quotes)")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer beyond the float range (TOML ints are unbounded)
+        raise FmauditError(f"{where}: {key} is too large (an integer beyond the range of a "
+                           "number; write a finite bound, or drop it)") from None
+    if not finite:
         raise FmauditError(f"{where}: {key} must be a finite number, got {value!r} "
                            "(drop the bound instead)")
     return float(value)
@@ -193,4 +198,8 @@ def load_policy(path: str | Path) -> Policy:
         raise FmauditError(f"{path}: policy is not UTF-8 text (save it as UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
         raise FmauditError(f"{path}: not valid TOML: {exc} (fix the syntax)") from None
+    except ValueError as exc:  # an integer too long for Python to convert (its digit limit)
+        raise FmauditError(f"{path}: a number in the policy cannot be read ({exc})") from None
+    except RecursionError:  # tomllib parses nested arrays recursively
+        raise FmauditError(f"{path}: not valid TOML: nested too deeply (fix the syntax)") from None
     return parse_policy(data, path)

@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fmaudit.report.load import is_number
+
 NA = "n/a"
 
 
@@ -32,11 +34,8 @@ def get(obj: Any, *path: str | int) -> Any:
 
 
 def num(value: Any) -> float | None:
-    """A finite float, or None for null, NaN/inf, booleans and anything not a number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    """A finite float, or None for null, NaN/inf, booleans, huge ints and anything else."""
+    return float(value) if is_number(value) else None
 
 
 def spread(value: Any) -> float | None:
