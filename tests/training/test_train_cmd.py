@@ -58,8 +58,8 @@ def test_bad_input_exits_2_with_one_line(args: list[str], needle: str, tmp_path:
     assert code == 2
     assert needle in _one_error_line(err)
     assert out == ""
-    # nothing left behind that a corrected command would trip over
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    # nothing left behind that a corrected command would trip over, not even an empty OUT
+    assert not (tmp_path / "o").exists()
 
 
 def test_unknown_recipe_key_is_named(tmp_path: Path, capsys) -> None:

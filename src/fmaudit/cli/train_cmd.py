@@ -32,7 +32,7 @@ def _corpus_path(value: str | None) -> Path:
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--corpus", default=None, metavar="FILE",
               help="FASTA or text corpus, or a bundled one: dna, text, lambda [default: dna].")
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
               help="Output folder: OUT/seed<k>/ (HF checkpoints), OUT/init/seed<k>/, README.md.")
 @click.option("--recipe", default="tiny", show_default=True, metavar="NAME|FILE",
               help="tiny, bert-4m, bert-20m, bert-90m, or a recipe .toml file.")
@@ -73,7 +73,7 @@ def _corpus_path(value: str | None) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print the member manifests as JSON.")
 @click.option("--stop-after", type=int, default=None, hidden=True,
               help="Testing: interrupt after this many optimiser steps of a member.")
-def train(corpus: str | None, out_dir: Path, recipe: str, seeds: int, seed_offset: int,
+def train(corpus: str | None, out_dir: str, recipe: str, seeds: int, seed_offset: int,
           vary: str | None, regions: tuple[str, ...], holdout: str, index_dir: Path | None,
           save_every: int | None, mixed_precision: str, log_with: tuple[str, ...],
           overwrite: bool, as_json: bool, stop_after: int | None, **overrides: Any) -> None:
@@ -89,6 +89,8 @@ def train(corpus: str | None, out_dir: Path, recipe: str, seeds: int, seed_offse
     from fmaudit.corpus import CorpusOptions
     from fmaudit.training.recipes import load_recipe
 
+    if not out_dir.strip():  # kept a string: click turns "" into Path("."), the current folder
+        raise FmauditError("--out: empty path (name an output folder)")
     if seeds < 1:
         raise FmauditError(f"--seeds {seeds}: must be at least 1")
     if seed_offset < 0:
@@ -116,7 +118,7 @@ def train(corpus: str | None, out_dir: Path, recipe: str, seeds: int, seed_offse
     if as_json:
         from fmaudit.cli.output import print_json
 
-        print_json({"out": str(Path(out_dir).absolute()), "members": results})
+        print_json({"out": str(Path(out_dir).expanduser().absolute()), "members": results})
     else:
         print_summary(results)
 

@@ -413,9 +413,16 @@ def corpus_stats(corpus: Any, tok: Any = None, *, spec: str | None = None,
         context_cross_entropy_bits {"1","2","3"}, compression_bits_per_symbol, and what each
         was computed over). Statistics that do not apply (gc for text, held-out ones without
         a holdout) are None.
+
+    Raises:
+        FmauditError: the held-out split takes every selected contig (no train split).
     """
     from fmaudit.tokenizer import build_tokenizer, default_spec, tokenizer_spec_of
 
+    if not corpus.length("train"):
+        # refused as `fmaudit train` refuses it: held-out statistics need a train split
+        raise FmauditError(f"--holdout {corpus.options.holdout}: leaves no training data in "
+                           f"{corpus.path} (hold out less, or select more regions)")
     if tok is None:
         tok = build_tokenizer(spec or default_spec(corpus.kind), corpus)
     v = len(tok)

@@ -26,6 +26,8 @@ from fmaudit.training.recipes import Recipe, load_recipe, resolve_tokenizer
 VARY = ("data-order",)
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 MAX_UNK = 0.05  # a tokenizer with more [UNK] than this on the corpus does not fit it
+MAX_SEED = 2**32 - 1  # numpy's global seed, which transformers.set_seed sets, is 32-bit
+MAX_MEMBERS = 10_000
 
 
 @dataclass
@@ -184,17 +186,31 @@ def make_accelerator(recipe: Recipe, mixed_precision: str, log_with: Sequence[st
     return accelerator
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path) -> list[Path]:
+    """Check OUT can be written; returns the folders this created (deepest first), which a
+    failed start removes again (:func:`_remove_created`)."""
     if out.exists() and not out.is_dir():
         raise FmauditError(f"--out {out}: is a file, not a folder (choose another --out)")
+    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".probe.", dir=out)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
+        _remove_created(created)
         raise FmauditError(f"--out {out}: cannot write there ({exc.strerror or exc}) "
                            "(choose a writable folder)") from None
+    return created
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the folders a failed start created, as long as nothing was written in them."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or already gone): keep it and its parents
 
 
 SMALL_HIDDEN = 256  # at or below this width a CPU step is too short to share between threads
@@ -227,12 +243,21 @@ def _seed_list(seeds: int | Sequence[int], seed_offset: int) -> list[int]:
     if isinstance(seeds, int):
         if seeds < 1:
             raise FmauditError(f"--seeds: must be >= 1, got {seeds}")
+        if seeds > MAX_MEMBERS:
+            raise FmauditError(f"--seeds {seeds}: at most {MAX_MEMBERS:,} members")
         if seed_offset < 0:
             raise FmauditError(f"--seed-offset: must be >= 0, got {seed_offset}")
+        if seed_offset + seeds - 1 > MAX_SEED:
+            raise FmauditError(f"--seed-offset {seed_offset}: seeds {seed_offset}.."
+                               f"{seed_offset + seeds - 1} do not fit in 0..{MAX_SEED} "
+                               "(2**32 - 1; choose a smaller offset)")
         return list(range(seed_offset, seed_offset + seeds))
     out = [int(s) for s in seeds]
     if not out or any(s < 0 for s in out) or len(set(out)) != len(out):
         raise FmauditError(f"seeds: need distinct non-negative integers, got {list(seeds)}")
+    if max(out) > MAX_SEED or len(out) > MAX_MEMBERS:
+        raise FmauditError(f"seeds: at most {MAX_MEMBERS:,} seeds, each in 0..{MAX_SEED} "
+                           f"(2**32 - 1), got {len(out)} up to {max(out)}")
     return out
 
 
@@ -301,23 +326,28 @@ def train_ensemble(
     if save_every is not None:
         recipe = recipe.replace(source="--save-every", save_every=save_every)
     seed_list = _seed_list(seeds, seed_offset)
+    if not str(out_dir).strip():  # Path("") would be the current folder
+        raise FmauditError("--out: empty path (name an output folder)")
     out = Path(out_dir).expanduser().absolute()
     resolve_mixed_precision(mixed_precision)  # validate before any work
-    _check_out(out)
-
-    corpus = open_corpus(corpus_path, corpus_options)
-    recipe = resolve_tokenizer(recipe, corpus.kind)
-    identity = mf.run_identity(recipe, corpus.summary(), vary)
-    accelerator = make_accelerator(recipe, mixed_precision, log_with, out)
-    world = accelerator.num_processes
-    if recipe.batch_size % (recipe.grad_accum * world):
-        raise FmauditError(f"--batch-size {recipe.batch_size}: must be a multiple of grad_accum "
-                           f"x processes ({recipe.grad_accum} x {world})")
-    # refuse a different run before any work; --overwrite starts over even on the same run
-    continuing = mf.check_run_identity(out, identity, overwrite) and not overwrite
-    data = prepare_data(corpus, recipe, tile_max_tokens=tile_max_tokens)
-    if world > 1:
-        _check_same_on_every_process(data)
+    created = _check_out(out)
+    try:
+        corpus = open_corpus(corpus_path, corpus_options)
+        recipe = resolve_tokenizer(recipe, corpus.kind)
+        identity = mf.run_identity(recipe, corpus.summary(), vary)
+        accelerator = make_accelerator(recipe, mixed_precision, log_with, out)
+        world = accelerator.num_processes
+        if recipe.batch_size % (recipe.grad_accum * world):
+            raise FmauditError(f"--batch-size {recipe.batch_size}: must be a multiple of "
+                               f"grad_accum x processes ({recipe.grad_accum} x {world})")
+        # refuse a different run before any work; --overwrite starts over even on the same run
+        continuing = mf.check_run_identity(out, identity, overwrite) and not overwrite
+        data = prepare_data(corpus, recipe, tile_max_tokens=tile_max_tokens)
+        if world > 1:
+            _check_same_on_every_process(data)
+    except BaseException:
+        _remove_created(created)  # a failed start leaves no empty OUT behind
+        raise
     # OUT is claimed only once the data is known to be usable: a failed start leaves no trace
     # that would make the corrected command look like a different run.
     if accelerator.is_main_process:
@@ -343,23 +373,24 @@ def _train_one(accelerator: Any, data: PreparedData, identity: dict[str, Any], o
 
     member = mf.member_dir(out, seed)
     work = mf.work_dir(out, seed)
+    data_seed = seed if vary == "data-order" else data.recipe.data_seed
+    recipe = data.recipe.replace(data_seed=data_seed)
     if mf.is_done(out, seed):
+        # a finished member is trusted only when its files are whole (a copy may be cut short)
+        problem = mf.member_problem(member, seed)
+        if problem:
+            raise FmauditError(f"{member}: damaged member folder: {problem} (delete {member} "
+                               "to retrain this member, or pass --overwrite to retrain all)")
+        _ensure_init(accelerator, recipe, data.tokenizer, out, seed)
         if accelerator.is_main_process:
             clear_state(work)  # a kill between the final move and this cleanup leaves it
             _remove_if_empty(out / mf.WORK)
             progress.info(f"seed{seed}: already trained, skipped ({member})")
         return {**mf.read_manifest(member), "path": str(member), "status": "skipped"}
 
-    data_seed = seed if vary == "data-order" else data.recipe.data_seed
-    recipe = data.recipe.replace(data_seed=data_seed)
     stream = make_stream(data, data_seed)
     model = build_model(recipe, data.tokenizer, seed)
-    init = mf.init_dir(out, seed)
-    if accelerator.is_main_process and not (init / "config.json").is_file():
-        with _quiet_saves(), atomic_dir(init) as tmp:
-            model.save_pretrained(tmp)
-            _save_tokenizer(data.tokenizer, tmp)
-    accelerator.wait_for_everyone()
+    _ensure_init(accelerator, recipe, data.tokenizer, out, seed, model)
 
     resumed = (work / "state" / "state.json").is_file()
     log = None
@@ -400,6 +431,27 @@ def _train_one(accelerator: Any, data: PreparedData, identity: dict[str, Any], o
         progress.info(f"seed{seed}: {status}, {prog.step} steps, held-out loss "
                       f"{'n/a' if held is None else f'{held:.4f}'} ({member})")
     return {**manifest, "path": str(member), "status": status}
+
+
+def _ensure_init(accelerator: Any, recipe: Recipe, tokenizer: Any, out: Path, seed: int,
+                 model: Any = None) -> None:
+    """Write the untrained weights of member ``seed`` unless a whole copy is there. They are a
+    pure function of (recipe, vocabulary, seed), so a missing or damaged copy is rewritten."""
+    init = mf.init_dir(out, seed)
+    if accelerator.is_main_process:
+        problem = mf.checkpoint_problem(init) if init.exists() else "missing"
+        if problem:
+            if init.exists():
+                progress.warn(f"{init}: damaged initial checkpoint ({problem}); writing it "
+                              "again")
+            if model is None:
+                from fmaudit.models.build import build_model
+
+                model = build_model(recipe, tokenizer, seed)
+            with _quiet_saves(), atomic_dir(init) as tmp:
+                model.save_pretrained(tmp)
+                _save_tokenizer(tokenizer, tmp)
+    accelerator.wait_for_everyone()
 
 
 def _save_tokenizer(tokenizer: Any, folder: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,127 @@ def is_done(out: Path, seed: int) -> bool:
     return (member_dir(out, seed) / MANIFEST).is_file()
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object from ``path``.
+
+    Raises:
+        FmauditError: the file is unreadable, not valid JSON or not an object (names the file,
+            ``what`` it is and the ``fix``).
+    """
     try:
-        return json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise FmauditError(f"{path / MANIFEST}: unreadable member manifest ({exc}; delete "
-                           f"{path} to retrain it)") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise FmauditError(f"{path}: unreadable {what} ({reason}) ({fix})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise FmauditError(f"{path}: {what} is not valid JSON ({exc}) ({fix})") from None
+    if not isinstance(data, dict):
+        raise FmauditError(f"{path}: {what} is not a JSON object (it holds a "
+                           f"{type(data).__name__}) ({fix})")
+    return data
+
+
+# what the model card and the summary table read from every member manifest
+_MEMBER_FIELDS: dict[str, tuple[type, ...]] = {
+    "seed": (int,), "data_seed": (int,), "steps": (int,), "tokens": (int,),
+    "wall_time_s": (int, float), "train_loss": (int, float, type(None)),
+    "heldout_loss": (int, float, type(None)), "data_stream": (dict,)}
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The member manifest of the member folder ``path``, with the fields fmaudit reads.
+
+    Raises:
+        FmauditError: missing, unreadable, not a JSON object or lacking a field.
+    """
+    fix = f"the member is damaged: delete {path} to retrain it"
+    data = read_json_object(path / MANIFEST, "member manifest", fix)
+    for key, types in _MEMBER_FIELDS.items():
+        if not isinstance(data.get(key), types) or isinstance(data.get(key), bool):
+            raise FmauditError(f"{path / MANIFEST}: member manifest has no valid {key!r} "
+                               f"({fix})")
+    return data
+
+
+def member_problem(path: Path, seed: int) -> str | None:
+    """Why the finished member folder ``path`` cannot be trusted, or None (cheap checks only).
+
+    Raises:
+        FmauditError: its manifest is unreadable (the message names the file).
+    """
+    manifest = read_manifest(path)
+    if manifest["seed"] != seed:
+        return f"{MANIFEST} is the manifest of seed {manifest['seed']}"
+    try:
+        tomllib.loads((path / "recipe.toml").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "recipe.toml is missing"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"recipe.toml is unreadable ({exc})"
+    return checkpoint_problem(path)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a saved Hugging Face checkpoint folder is incomplete, or None when it looks whole.
+
+    Cheap: ``config.json`` and the tokenizer's JSON files must parse as objects, and every
+    safetensors file must have a readable header and exactly the size that header describes
+    (a truncated or partly copied file fails); no tensor is loaded.
+    """
+    for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):
+        file = path / name
+        if name == "tokenizer.json" and not file.exists():
+            continue  # only fast tokenizers write it
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return f"{name} is unreadable ({exc})"
+        if not isinstance(data, dict):
+            return f"{name} is not a JSON object"
+    files = ["model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    if index.exists():  # a sharded checkpoint: check every shard it lists
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                               .values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index.name} is unreadable"
+    for name in files:
+        problem = safetensors_problem(path / name)
+        if problem:
+            return f"{name} {problem}"
+    return None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (header + exactly the bytes it lists)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little")
+            if len(head) < 8 or n > size - 8:
+                return f"is truncated ({size:,} bytes, shorter than its header)"
+            header = json.loads(fh.read(n))
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as exc:
+        return f"is unreadable ({exc.strerror or exc})"
+    except (UnicodeDecodeError, ValueError):
+        return "has a corrupt header"
+    try:
+        ends = [int(info["data_offsets"][1]) for key, info in header.items()
+                if key != "__metadata__"]
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return "has a corrupt header"
+    expected = 8 + n + max(ends, default=0)
+    if not ends or expected != size:
+        return f"is truncated or damaged ({size:,} bytes, its header describes {expected:,})"
+    return None
 
 
 def versions() -> dict[str, str | None]:
@@ -90,9 +206,12 @@ def check_run_identity(out: Path, identity: dict[str, Any], overwrite: bool) -> 
                                "another --out)")
         return False
     try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = {}
+        old = read_json_object(path, "run file", "pass --overwrite to start the run again, or "
+                               "choose another --out")
+    except FmauditError:
+        if overwrite:  # replacing the run anyway: what the damaged file said does not matter
+            return False
+        raise
     same = all(old.get(k) == identity[k]
                for k in ("recipe_fingerprint", "corpus_fingerprint", "vary"))
     if same:

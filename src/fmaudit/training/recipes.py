@@ -31,6 +31,14 @@ SCHEDULES = ("cosine", "linear", "constant")
 # of the same vocabulary size (4096 + 5 specials) for text.
 AUTO_TOKENIZER = {"dna": "kmer:6", "text": "bpe:4101"}
 SHIPPED_RECIPES = ("tiny", "bert-4m", "bert-20m", "bert-90m")
+# Upper bounds: far above any model fmaudit is meant to train, low enough that a typo fails
+# here, naming its key, rather than deep inside torch (an overflowed tensor size, an
+# allocation that cannot succeed).
+LIMITS = {"seq_len": 65_536, "hidden_size": 16_384, "num_layers": 256, "num_heads": 256,
+          "intermediate_size": 65_536, "batch_size": 2**20, "eval_windows": 2**20,
+          "eval_every": 10**12, "save_every": 10**12, "max_steps": 10**12,
+          "max_tokens": 10**18, "data_seed": 2**32 - 1}
+MAX_PARAMETERS = 10**10  # transformer blocks and position embeddings, vocabulary aside
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,14 @@ def _validate(r: Recipe) -> None:
         need(getattr(r, key) > 0, key, f"must be a positive integer, got {getattr(r, key)}")
     for key in ("max_steps", "max_tokens", "save_every", "data_seed"):
         need(getattr(r, key) >= 0, key, f"must be >= 0, got {getattr(r, key)}")
+    for key, limit in LIMITS.items():
+        need(getattr(r, key) <= limit, key, f"must be at most {limit:,}, got {getattr(r, key):,}")
+    size = r.num_layers * (4 * r.hidden_size**2 + 2 * r.hidden_size * r.intermediate_size) \
+        + r.seq_len * r.hidden_size
+    need(size <= MAX_PARAMETERS, "hidden_size",
+         f"({r.hidden_size}), num_layers ({r.num_layers}) and intermediate_size "
+         f"({r.intermediate_size}) make about {size:,} parameters, more than "
+         f"{MAX_PARAMETERS:,}", "make the model smaller")
     need(r.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}, "
          f"got {r.objective!r}")
     need(r.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}, "
