@@ -23,15 +23,25 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path in the same folder; rename it onto ``path`` on success."""
+    """Yield a temporary path in the same folder; rename it onto ``path`` on success (a device
+    or pipe at ``path`` is written through instead)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a device or a pipe (/dev/null, /dev/stdout): renaming onto it would replace the device
+    # itself when running as root, and its folder need not be writable
+    special = path.exists() and not path.is_file() and not path.is_dir()
+    if not special:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.gettempdir() if special else path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
     try:
         yield tmp_path
+        if special:
+            with open(tmp_path, "rb") as src, open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            return
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

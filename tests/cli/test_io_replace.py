@@ -46,3 +46,24 @@ def test_writable_dir(tmp_path):
     for bad in ("", tmp_path / "file", tmp_path / "file" / "sub", "/proc/fmaudit-test"):
         with pytest.raises(FmauditError, match="--out"):
             writable_dir(bad, "--out")
+
+
+def test_atomic_write_to_a_device_writes_through(tmp_path):
+    import os
+    import stat
+
+    from fmaudit.io import atomic_write_text
+
+    atomic_write_text("/dev/null", "discarded\n")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # still the device, not a file
+    assert [p.name for p in tmp_path.iterdir()] == []
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        atomic_write_text(fifo, "through the pipe")
+        assert os.read(reader, 100) == b"through the pipe"
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no temp file left
