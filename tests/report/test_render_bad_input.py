@@ -164,3 +164,12 @@ def test_huge_numbers_do_not_crash_the_value_helpers() -> None:
 
     assert num(10**400) is None and num(-(10**400)) is None and num(3) == 3.0
     assert fmt_stat({"mean": 10**400, "std": 10**400}) == "n/a"
+
+
+def test_bad_report_leaves_no_output_folder(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "report.json"
+    bad.write_text('{"schema_version": 1, "ensembles": {}}')
+    out = tmp_path / "new" / "views"
+    code, o, err = run_main(["render", bad, "--out", out], capsys)
+    one_error_line(code, o, err, "report.json")
+    assert not (tmp_path / "new").exists()

@@ -18,16 +18,18 @@ def render(report_json: str, out_dir: str | None) -> None:
     REPORT_JSON may be the folder holding report.json. Reads only the JSON: no model is loaded
     and nothing is recomputed. Prints the written paths.
     """
+    from fmaudit.errors import FmauditError
     from fmaudit.io import writable_dir
     from fmaudit.report import load_report, render_report
     from fmaudit.report.load import input_path, report_path
 
     source = report_path(input_path(report_json, "REPORT_JSON"))
-    # Where the files go is checked before any rendering (an explicit --out before reading).
-    out = writable_dir(out_dir, "--out") if out_dir is not None else None
+    if out_dir is not None and not out_dir.strip():
+        raise FmauditError("--out: empty path (name an output folder)")
     report = load_report(source)  # the gate's validator: render is exactly as strict
-    if out is None:
-        out = writable_dir(source.parent, "default --out")
+    # checked (and created) only once the report is known good: a bad report leaves nothing
+    out = writable_dir(out_dir if out_dir is not None else source.parent,
+                       "--out" if out_dir is not None else "default --out")
     written = render_report(report, out, source=str(source))
     for name in ("report.html", "report.md"):
         click.echo(str(written[name]))
