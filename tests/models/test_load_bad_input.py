@@ -118,6 +118,14 @@ def test_config_that_does_not_fit_the_weights(family, tmp_path, changes):
         load(bad)
 
 
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_config_declaring_fewer_blocks_than_trained_is_refused(family, tmp_path, kind):
+    bad = copy_member(family, tmp_path, kind=kind)
+    edit_config(bad, **({"num_hidden_layers": 1} if kind == "bert" else {"n_layer": 1}))
+    with pytest.raises(FmauditError, match=r"bad: .*transformer blocks config\.json does not"):
+        load(bad)
+
+
 def test_missing_tensors_are_refused(family, tmp_path):
     bad = copy_member(family, tmp_path)
     drop_every_second_tensor(bad)

@@ -291,7 +291,8 @@ def _check_shard_index(member: ResolvedMember, allow_pickle: bool) -> None:
 def _check_loading_info(member: ResolvedMember, model: Any, info: dict[str, Any]) -> None:
     """Refuse a checkpoint whose weights do not fill the model: transformers re-initialises
     missing or wrongly shaped weights at random, and the audit would measure noise as if trained.
-    Unexpected extra tensors (a pooler, a classification head) are harmless and ignored."""
+    Unexpected extra tensors outside the blocks (a pooler, a classification head) are harmless
+    and ignored."""
     missing = set(info.get("missing_keys") or ())
     # weights tied to a loaded one (the output layer to the input embeddings) are legitimately
     # absent from the file; transformers normally drops them already, this is a safety net
@@ -302,6 +303,16 @@ def _check_loading_info(member: ResolvedMember, model: Any, info: dict[str, Any]
         raise FmauditError(f"{member.id}: the checkpoint lacks {len(missing)} weight(s) a "
                            f"{type(model).__name__} needs (e.g. {shown}); is it a model "
                            "without its language-model head, or incomplete?")
+    # extra tensors inside the transformer blocks mean config.json declares fewer blocks than
+    # were trained: the model would silently run a truncated network
+    from fmaudit.models.groups import group_of
+
+    extra_blocks = sorted(k for k in info.get("unexpected_keys") or ()
+                          if group_of(k).startswith("layer."))
+    if extra_blocks:
+        raise FmauditError(f"{member.id}: the checkpoint holds {len(extra_blocks)} weight(s) of "
+                           f"transformer blocks config.json does not declare (e.g. "
+                           f"{extra_blocks[0]}); config.json does not match the weights")
     mismatched = sorted(info.get("mismatched_keys") or (), key=lambda t: str(t[0]))
     if mismatched:
         key, ckpt, want = mismatched[0]
