@@ -349,6 +349,16 @@ def test_compare_members_equals_one_comparison_at_a_time(workers):
     assert pairs[1]["linear_cka"] > 0.8 > max(r["linear_cka"] for r in null)
 
 
+def test_compare_members_under_inference_mode_on_threads():
+    with torch.inference_mode():  # the audit's mode; worker threads must carry it
+        mats = [randn(30, 4, seed=s) for s in (1, 2, 3)]
+        pairs, null = compare_members([EmbeddingGeometry(m) for m in mats], [1, 5],
+                                      null_generator=torch.Generator().manual_seed(0), workers=2)
+    ref, _ = compare_members([EmbeddingGeometry(randn(30, 4, seed=s)) for s in (1, 2, 3)],
+                             [1, 5], workers=1)
+    assert pairs == ref and len(null) == 3
+
+
 def test_compare_members_without_pairs_or_null():
     one = [EmbeddingGeometry(randn(12, 3, seed=1))]
     assert compare_members(one, [1, 3], null_generator=torch.Generator()) == ([], [])

@@ -1017,15 +1017,25 @@ def compare_members(
     so the results do not depend on ``workers``.
     """
     workers = _default_workers(geos) if workers is None else max(1, int(workers))
+    inference = torch.is_inference_mode_enabled()  # thread-local: carried into the workers
+
+    def prepare(geo: EmbeddingGeometry) -> None:
+        with torch.inference_mode(inference):
+            geo.prepare(ks, metrics)
+
+    def compare(job: tuple[EmbeddingGeometry, EmbeddingGeometry]) -> dict:
+        with torch.inference_mode(inference):
+            return compare_embeddings(*job, ks, metrics)
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # each member's own work, then the comparisons, which only read it
-        list(pool.map(lambda geo: geo.prepare(ks, metrics), geos))
+        list(pool.map(prepare, geos))
         jobs = [(geos[i], geos[j]) for i, j in pair_indices(len(geos))]
         n_pairs = len(jobs)
         if null_generator is not None and len(geos) > 1:
             jobs += [(geo, geos[(i + 1) % len(geos)].permuted(null_generator))
                      for i, geo in enumerate(geos)]
-        results = list(pool.map(lambda job: compare_embeddings(*job, ks, metrics), jobs))
+        results = list(pool.map(compare, jobs))
     return results[:n_pairs], results[n_pairs:]
 
 
