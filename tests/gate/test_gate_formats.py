@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from fmaudit.gate import GateResult, OutputFormat, junit_xml, render, run_gate, write_junit
 from fmaudit.gate.evaluate import CheckResult
 from fmaudit.gate.formats import HEADERS, JUNIT_SUITE, junit_name
+from fmaudit.report.markdown import md_escape
 
 PolicyFile = Callable[[str], Path]
 
@@ -46,13 +48,28 @@ def test_formats_are_exactly_text_md_json() -> None:
 def test_every_format_renders_every_row(mixed: GateResult, fmt: OutputFormat) -> None:
     out = render(mixed, fmt)
     assert render(mixed, fmt.value) == out  # the value works as well as the member
+    shown = md_escape if fmt is OutputFormat.MD else str
     for row in mixed.checks:
-        assert row.metric in out and row.bound in out
+        assert shown(row.metric) in out and shown(row.bound) in out
     if fmt is OutputFormat.JSON:
         assert json.loads(out) == mixed.to_dict()
     else:
         assert "skipped (not applicable)" in out
         assert mixed.counts_text() in out
+
+
+def test_markdown_escapes_names_from_the_report_and_policy(mixed: GateResult) -> None:
+    import dataclasses
+
+    hostile = "<script>alert(1)</script>|x|[a](http://evil.com) www.evil.com\r@user"
+    rows = [dataclasses.replace(r, ensemble=hostile) for r in mixed.checks]
+    result = dataclasses.replace(mixed, checks=rows, policy="p`<img src=x onerror=alert(1)>.toml")
+    out = render(result, OutputFormat.MD)
+    for raw in ("http://", "www.evil", "|x|", "\r"):
+        assert raw not in out, raw
+    assert not re.search(r"(?<!\\)[<>`\[]", out)  # every HTML / code / link character escaped
+    body = out.splitlines()[2:2 + len(rows)]
+    assert all(line.count(" | ") == 6 for line in body)  # seven cells, none split or merged
 
 
 def test_render_rejects_unknown_format(mixed: GateResult) -> None:

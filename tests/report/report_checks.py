@@ -132,8 +132,9 @@ def strip_fences(md: str) -> str:
 
 
 def md_unescape(cell: str) -> str:
-    """Undo backslash escapes of ASCII punctuation (what a CommonMark renderer shows)."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", cell)
+    """Undo backslash escapes of ASCII punctuation (what a CommonMark renderer shows) and drop
+    the zero-width spaces that keep URLs and addresses from becoming links (invisible)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", cell).replace("\u200b", "")
 
 
 def parse_stat(text: str) -> tuple[float | None, float | None]:

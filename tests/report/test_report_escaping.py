@@ -70,6 +70,7 @@ def test_markdown_escapes_everything_outside_code(rendered: dict[str, Any]) -> N
     # The only links are our own figure images.
     links = re.findall(r"(?<!\\)\]\((?P<target>[^)]*)\)", prose)
     assert links and all(t.startswith("figures/") for t in links)
+    assert "http://evil" not in prose  # no bare URL for GitHub to turn into a link
     tables = markdown_tables(md)  # escaped pipes keep every row's column count
     summary = tables[0]
     names = [md_unescape(r[0]) for r in summary["rows"]]

@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from fmaudit.gate.evaluate import CheckResult, GateResult
+from fmaudit.report.markdown import md_escape
 from fmaudit.report.outputs import write_output
 
 HEADERS = ("metric", "ensemble", "stat", "value", "bound", "verdict")
@@ -61,8 +62,9 @@ def to_text(result: GateResult) -> str:
 
 
 def _md_cell(text: str) -> str:
-    # A pipe ends a GitHub table cell and a newline ends the row; backslash-escape the pipe.
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    # ensemble names, metric paths and messages come from the user's report and policy: the
+    # report's own escaping (HTML, links, pipes, line breaks) applies here too
+    return md_escape(text)
 
 
 def to_markdown(result: GateResult) -> str:
@@ -71,14 +73,14 @@ def to_markdown(result: GateResult) -> str:
     lines = ["| " + " | ".join(headers) + " |",
              "|" + "|".join("---:" if h == "value" else "---" for h in headers) + "|"]
     for r in result.checks:
-        cells = [*_cells(r), r.message]
+        cells = [_md_cell(c) for c in (*_cells(r), r.message)]
         if r.status == "fail":
             cells[5] = "**FAIL**"
-        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(cells) + " |")
     verdict_line = (":white_check_mark: **gate passed**" if result.passed
                     else ":x: **gate failed**")
     return "\n".join([*lines, "", f"{verdict_line}: {result.counts_text()} "
-                      f"(policy `{result.policy}`)"])
+                      f"(policy {md_escape(result.policy)})"])
 
 
 def to_json(result: GateResult) -> str:

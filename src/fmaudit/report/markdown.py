@@ -16,6 +16,14 @@ from fmaudit.report.document import Block, Code, Document, Figure, Paragraph, Se
 # before any ASCII punctuation): escapes, code, emphasis, links/images ([ ]; "(" and "!" only act
 # next to them), raw HTML, table cells, strikethrough, maths ($), entities (&) and mentions (@).
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$@])")
+# The starts of GitHub's extended autolinks: "://" (http, https, ftp...), "www." and "@".
+_AUTOLINK = re.compile(r"(?i):/|www\.|@")
+_ZWSP = "\u200b"
+
+
+def _break_autolink(m: re.Match[str]) -> str:
+    found = m.group(0)  # ":/" -> ":<zwsp>/", "www." -> "www<zwsp>.", "@" -> "@<zwsp>"
+    return found + _ZWSP if found == "@" else found[:-1] + _ZWSP + found[-1]
 # ...and what acts only at the start of a line: headings, list items, setext underlines.
 _MD_LINE_START = re.compile(r"^(?:[#+=-](?!\d)|\d{1,9}(?=[.)](?:\s|$)))")
 
@@ -28,6 +36,9 @@ def md_escape(text: str) -> str:
     """
     text = " ".join(str(text).split())  # a newline would end a table row or a paragraph
     text = _MD_SPECIAL.sub(r"\\\1", text)
+    # GitHub turns bare URLs, www. names and e-mail addresses into links after escaping: a
+    # zero-width space keeps them plain text (it is invisible where the text is read)
+    text = _AUTOLINK.sub(_break_autolink, text)
 
     def line_start(m: re.Match[str]) -> str:
         # "1. x" stays text as "1\. x", "# x" as "\# x"; a number like "-0.5" is left alone.
