@@ -167,3 +167,16 @@ def test_changed_training_corpus_is_flagged(family, capsys, tmp_path):
     code, _, err = run(["report", str(folder), *FAST, "--analyses", "predictions"], capsys)
     assert code == 0, err
     assert "differs from the one the members were trained on" in err
+
+
+def test_staging_left_by_a_killed_run_is_cleared(family, capsys, tmp_path):
+    members, genome = family
+    out = tmp_path / "out"
+    stale = out / ".report.abc123.tmp"
+    stale.mkdir(parents=True)
+    (stale / "report.json").write_text("{}")
+    code, _, err = run(["report", *members, "--corpus", str(genome), *FAST, "--analyses",
+                        "predictions", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.json",
+                                                       "report.md"]

@@ -173,3 +173,21 @@ def test_bad_report_leaves_no_output_folder(tmp_path: Path, capsys) -> None:
     code, o, err = run_main(["render", bad, "--out", out], capsys)
     one_error_line(code, o, err, "report.json")
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(("name", "make"), [("figures", "file"), ("report.html", "folder")])
+def test_render_never_replaces_a_user_file_or_folder(tmp_path: Path, capsys, name, make) -> None:
+    source = FIXTURES / "report_three.json"
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / name
+    if make == "file":
+        target.write_text("important")
+    else:
+        target.mkdir()
+        (target / "keep").write_text("important")
+    code, o, err = run_main(["render", source, "--out", out], capsys)
+    one_error_line(code, o, err, f"{name} is a {make}")
+    assert [p.name for p in out.iterdir()] == [name]  # nothing else written beside it
+    kept = target if make == "file" else target / "keep"
+    assert kept.read_text() == "important"

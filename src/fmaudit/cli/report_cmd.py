@@ -196,27 +196,23 @@ def write_report(report_data: dict, out: Path) -> None:
     """report.json and its rendered views, staged in a hidden folder inside ``out`` and then
     moved into place, report.json last: a failure leaves the previous report whole (never a new
     report.json beside stale views)."""
+    import shutil
     import tempfile
 
     from fmaudit.io import atomic_write_json, replace_path
+    from fmaudit.report import render_report
+    from fmaudit.report.render import check_targets
 
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".report.*.tmp"):  # staging left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(prefix=".report.", suffix=".tmp", dir=out) as tmp:
             staging = Path(tmp)
             atomic_write_json(staging / "report.json", report_data)
-            try:
-                from fmaudit.report import render_report
-            except ImportError:  # renderer not installed in this build
-                render_report = None
-            if render_report is not None:
-                render_report(report_data, staging)
-            for item in staging.iterdir():  # never replace a user's file by a folder or back
-                target = out / item.name
-                if target.exists() and target.is_dir() != item.is_dir():
-                    kind = "folder" if target.is_dir() else "file"
-                    raise FmauditError(f"--out {out}: {item.name} is a {kind} here; move it "
-                                       "away (the report writes its own)")
+            render_report(report_data, staging)
+            check_targets(out, tuple((item.name, item.is_dir()) for item in staging.iterdir()),
+                          what=f"--out {out}")
             for item in sorted(staging.iterdir()):
                 if item.name != "report.json":
                     replace_path(item, out / item.name)

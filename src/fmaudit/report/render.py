@@ -18,6 +18,20 @@ MD_NAME = "report.md"
 FIGURES_DIR = "figures"
 
 
+def check_targets(out_dir: Path, names: tuple[tuple[str, bool], ...] = (
+        (FIGURES_DIR, True), (MD_NAME, False), (HTML_NAME, False)), what: str | None = None
+                  ) -> None:
+    """Refuse to replace someone's file by one of our folders (or a folder by one of our files):
+    all ``(name, is_folder)`` targets are checked before any is written, so a refusal leaves
+    ``out_dir`` as it was."""
+    for name, want_dir in names:
+        target = out_dir / name
+        if target.exists() and target.is_dir() != want_dir:
+            kind = "folder" if target.is_dir() else "file"
+            raise bad_input(what or str(out_dir), f"{name} is a {kind} here",
+                            "move it away: the report writes its own")
+
+
 def render_report(report: dict[str, Any], out_dir: str | os.PathLike[str], *,
                   source: str = "report.json") -> dict[str, Path]:
     """Render ``report`` into ``out_dir``; return ``{relative name: written path}``.
@@ -36,6 +50,7 @@ def render_report(report: dict[str, Any], out_dir: str | os.PathLike[str], *,
     page = render_html(doc)
     markdown = render_markdown(doc)
     written: dict[str, Path] = {}
+    check_targets(out_dir)
     try:
         with atomic_dir(out_dir / FIGURES_DIR) as tmp:
             for fig in doc.figures():
