@@ -180,3 +180,13 @@ def test_staging_left_by_a_killed_run_is_cleared(family, capsys, tmp_path):
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.json",
                                                        "report.md"]
+
+
+def test_the_same_member_under_another_spelling_is_refused(family, capsys, tmp_path):
+    members, genome = family
+    link = tmp_path / "link"
+    link.symlink_to(members[0])
+    for other in (members[0] + "/", str(link)):
+        code, _, err = run(["report", members[0], other, "--corpus", str(genome), *FAST],
+                           capsys)
+        one_line_error(code, err, "the same checkpoint as")
