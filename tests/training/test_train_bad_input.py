@@ -266,3 +266,12 @@ def test_failed_start_removes_the_out_it_created(make_fasta, tmp_path: Path, cap
                       capsys)
     assert code == 2 and (keep / "sub" / "notes.txt").read_text() == "mine"
     assert not (keep / "sub" / "o").exists()
+
+
+def test_corpus_shorter_than_a_token_says_so(tmp_path: Path, capsys) -> None:
+    short = tmp_path / "short.fa"
+    short.write_text(">x\nACGT\n")  # shorter than one 6-mer
+    code, _, err = _run(["train", "--corpus", str(short), "--seeds", "1", "--max-steps", "2",
+                         "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "too short for --tokenizer kmer:6" in err and "nan" not in err

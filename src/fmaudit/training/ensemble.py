@@ -9,6 +9,7 @@ manifest in one atomic move. Finished members are skipped, interrupted ones resu
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 import warnings
@@ -82,7 +83,10 @@ def prepare_data(corpus: Any, recipe: Recipe, *, tile_max_tokens: int | None = N
     # tokenizer's truncation switched on, which would skew the characters-per-token estimate.
     length = window_chars(tokenizer, recipe.seq_len, corpus)
     unk = check_tokenizer_fits(tokenizer, corpus, seq_len=recipe.seq_len)
-    if not unk <= MAX_UNK:  # also catches NaN (no regular token at all)
+    if math.isnan(unk):  # not a single regular token: windows shorter than one token
+        raise FmauditError(f"{corpus.path}: too short for --tokenizer {recipe.tokenizer}: its "
+                           "train split yields no token (use a larger corpus)")
+    if not unk <= MAX_UNK:
         raise FmauditError(f"--tokenizer {recipe.tokenizer}: does not fit {corpus.path} "
                            f"({unk:.0%} of its tokens are [UNK]; use "
                            f"{'kmer:6' if corpus.kind == 'dna' else 'bpe:4101'} or char)")
