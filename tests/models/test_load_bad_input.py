@@ -282,3 +282,10 @@ def test_cli_exits_2_in_one_line(family, tmp_path, make_bad, needle):
     assert len(lines) == 1 and lines[0].startswith("fmaudit: error:"), proc.stderr
     assert needle in lines[0] and str(bad.name) in lines[0], proc.stderr
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_missing_member_beside_local_ones_is_not_looked_up_on_the_hub(family, monkeypatch):
+    monkeypatch.chdir(family)
+    monkeypatch.setattr(mload, "_hub_download", lambda *a, **k: pytest.fail("went to the Hub"))
+    with pytest.raises(FmauditError, match=r"bert/seed7: no such folder \(bert/ is a local"):
+        mload.resolve_member(MemberSpec("bert/seed7"))

@@ -138,6 +138,10 @@ def resolve_member(spec: MemberSpec, allow_pickle: bool = False) -> ResolvedMemb
         raise FmauditError(f"{spec.source}: is a file, expected a model folder or a Hub id")
     elif spec.source.startswith((".", "/", "~")) or not _REPO_ID.match(spec.source):
         raise FmauditError(f"{spec.source}: no such folder (and not a Hub id of the form org/name)")
+    elif Path(spec.source.split("/")[0]).is_dir():
+        # 'runs/seed7' where runs/ is a local folder: a missing member, not a Hub repository
+        raise FmauditError(f"{spec.source}: no such folder ({spec.source.split('/')[0]}/ is a "
+                           "local folder; for the Hub id of that name, run from elsewhere)")
     else:
         path = _hub_download(spec, allow_pickle)
         revision = path.name if _COMMIT.match(path.name) else spec.revision
