@@ -190,3 +190,14 @@ def test_the_same_member_under_another_spelling_is_refused(family, capsys, tmp_p
         code, _, err = run(["report", members[0], other, "--corpus", str(genome), *FAST],
                            capsys)
         one_line_error(code, err, "the same checkpoint as")
+
+
+def test_failed_audit_leaves_no_empty_out_folder(family, capsys, tmp_path):
+    members, _ = family
+    empty = tmp_path / "empty.fa"
+    empty.write_text(">x\nACGTACGT\n")  # far fewer windows than asked for
+    out = tmp_path / "new"
+    code, _, err = run(["report", *members, "--corpus", str(empty), *FAST, "--out", str(out)],
+                       capsys)
+    assert code == 2, err
+    assert not out.exists()
