@@ -22,10 +22,7 @@ Tests run both on the same data and require equal sums (``tests/metrics``).
 from __future__ import annotations
 
 import math
-import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -462,24 +459,6 @@ def _pair_js_bits_sparse(
     return js
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pair_threads() -> int:
-    """Threads for the sparse pair loop: 2 where there are 2 cores (results do not depend on
-    it: each pair is computed whole by one thread into its own row of the sums)."""
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
-
-
-def _pair_pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fmaudit-js")
-        return _POOL
-
-
 class DisagreementAccumulator(SumAccumulator):
     """Streaming inter-member disagreement over the same predicted positions.
 
@@ -519,8 +498,7 @@ class DisagreementAccumulator(SumAccumulator):
         # the sparse path wants ascending levels; _level_order[c] = position of level c in top_ps
         self._level_order = sorted(range(len(self.top_ps)), key=lambda c: self.top_ps[c])
         self.pairs = pair_indices(self.n_members)
-        # sparse-path buffers, built on first use: one per pair thread (_pair_threads())
-        self._workspaces: list[_Workspace] = []
+        self._workspace: _Workspace | None = None  # sparse-path buffers, built on first use
         n_pairs, n_ps = len(self.pairs), len(self.top_ps)
         super().__init__(1 + n_pairs * n_ps + n_pairs + 1)
 
@@ -601,27 +579,13 @@ class DisagreementAccumulator(SumAccumulator):
         _, js, _, _ = self._views(batch)
         levels = [self.top_ps[c] for c in self._level_order]
         n, vocab = chunks[0].probs.shape
-        threads = min(_pair_threads(), len(self.pairs))
-        if len(self._workspaces) != threads or any(
-                ws.vocab != vocab or ws.rows < n for ws in self._workspaces):
-            self._workspaces = [_Workspace(n, vocab, len(levels)) for _ in range(threads)]
-        spaces = self._workspaces
-        members = [_member_levels(c, levels, self.rule, spaces[0]) for c in chunks]
-
-        inference = torch.is_inference_mode_enabled()  # thread-local: carried into the workers
-
-        def pairs_of(slot: int) -> None:  # pairs slot, slot + threads, ...: own buffers, own rows
-            ws = spaces[slot]
-            with torch.inference_mode(inference):
-                for k in range(slot, len(self.pairs), threads):
-                    i, j = self.pairs[k]
-                    js_bits = _pair_js_bits_sparse(members[i], members[j], len(levels), ws)
-                    js[k, self._level_order] += js_bits.clamp(0.0, 1.0).sqrt().sum(dim=0)
-
-        if threads == 1:
-            pairs_of(0)
-        else:  # numpy's sorts, logs and reductions hold no GIL but run on one core each
-            list(_pair_pool().map(pairs_of, range(threads)))
+        ws = self._workspace
+        if ws is None or ws.vocab != vocab or ws.rows < n:
+            ws = self._workspace = _Workspace(n, vocab, len(levels))
+        members = [_member_levels(c, levels, self.rule, ws) for c in chunks]
+        for k, (i, j) in enumerate(self.pairs):
+            js_bits = _pair_js_bits_sparse(members[i], members[j], len(levels), ws)
+            js[k, self._level_order] += js_bits.clamp(0.0, 1.0).sqrt().sum(dim=0)
 
     def compute(self) -> dict:
         """``{"top_p_rule", "pairs", "positions", "js_distance": [{"top_p", "mean", "std"}],
