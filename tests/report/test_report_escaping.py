@@ -89,3 +89,16 @@ def test_untouched_names_are_unchanged(report_three: dict[str, Any], tmp_path: P
     render_report(report_three, tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "| dna-kmer " in md and "\\-" not in md.split("## Provenance")[0]
+
+
+@pytest.mark.parametrize(("text", "linkable"), [
+    ("see http://evil.example/x", True), ("www.evil.example", True), ("mail a@b.example", True),
+    ("@someone", True), ("hi @someone", True),
+    ("disagreement.js_distance@top_p=1.0", False), ("chr8:1-2,000", False),
+])
+def test_md_escape_keeps_github_from_linking_user_text(text: str, linkable: bool) -> None:
+    from fmaudit.report.markdown import md_escape
+
+    out = md_escape(text)
+    assert ("\u200b" in out) == linkable
+    assert md_unescape(out) == text  # what a reader sees is the text itself

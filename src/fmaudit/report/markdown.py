@@ -16,14 +16,17 @@ from fmaudit.report.document import Block, Code, Document, Figure, Paragraph, Se
 # before any ASCII punctuation): escapes, code, emphasis, links/images ([ ]; "(" and "!" only act
 # next to them), raw HTML, table cells, strikethrough, maths ($), entities (&) and mentions (@).
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$@])")
-# The starts of GitHub's extended autolinks: "://" (http, https, ftp...), "www." and "@".
-_AUTOLINK = re.compile(r"(?i):/|www\.|@")
+# What GitHub links after escaping: "://" (http, https, ftp...), "www.", an "@" that starts a
+# mention (after a space or at the start) or sits in an e-mail address (a dotted domain after
+# it). Metric paths such as js_distance@top_p=1.0 stay as they are (copyable into a policy).
+# (Runs after escaping, so every "@" is already "\@".)
+_AUTOLINK = re.compile(r"(?i):/|www\.|(?:^|(?<=\s))\\@|@(?=[\w-]+\.[\w-])")
 _ZWSP = "\u200b"
 
 
 def _break_autolink(m: re.Match[str]) -> str:
     found = m.group(0)  # ":/" -> ":<zwsp>/", "www." -> "www<zwsp>.", "@" -> "@<zwsp>"
-    return found + _ZWSP if found == "@" else found[:-1] + _ZWSP + found[-1]
+    return found + _ZWSP if found.endswith("@") else found[:-1] + _ZWSP + found[-1]
 # ...and what acts only at the start of a line: headings, list items, setext underlines.
 _MD_LINE_START = re.compile(r"^(?:[#+=-](?!\d)|\d{1,9}(?=[.)](?:\s|$)))")
 
