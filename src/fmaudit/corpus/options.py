@@ -110,9 +110,9 @@ def parse_holdout(value: str) -> Holdout:
         if not names:
             raise FmauditError(f"--holdout: {value!r} names no contig") from None
         return Holdout(contigs=names)
-    if not 0.0 <= fraction < 1.0:
-        raise FmauditError(f"--holdout: fraction {text} leaves no training data "
-                           "(use a fraction in [0, 1), e.g. 0.1)")
+    if not 0.0 <= fraction < 1.0:  # NaN fails both comparisons
+        problem = "leaves no training data" if fraction >= 1.0 else "is not a fraction"
+        raise FmauditError(f"--holdout: {text} {problem} (use a fraction in [0, 1), e.g. 0.1)")
     return Holdout(fraction=fraction)
 
 
