@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmaudit.cli import main
+from tests.cliutil import one_error_line, run_main
 from tests.tinymodels import random_dna, save_family, save_member, tiny_model
 
 FAST = ["--samples", "6", "--seq-len", "32", "--batch-size", "6", "--fisher-samples", "2",
@@ -26,17 +26,11 @@ def family(tmp_path_factory) -> tuple[list[str], Path]:
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(["--quiet", *args])
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+    return run_main(["--quiet", *args], capsys)
 
 
 def one_line_error(code: int, err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("fmaudit: error:"), err
-    for needle in needles:
-        assert needle in lines[0], err
+    one_error_line(code, "", err, *needles)  # a failed report prints nothing on stdout
 
 
 @pytest.mark.parametrize(("extra", "needle"), [

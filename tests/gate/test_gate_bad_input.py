@@ -16,6 +16,7 @@ import pytest
 
 from fmaudit.errors import FmauditError
 from fmaudit.gate import run_gate
+from tests.cliutil import one_error_line
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TWO = FIXTURES / "report-two.json"
@@ -29,14 +30,6 @@ PASSING = '[[check]]\nmetric = "entropy.normalized"\nmax = 0.99\n'
 INCREASE = '[[check]]\nmetric = "entropy.normalized"\nmax_increase = 0.5\n'
 
 
-def one_error_line(code: int, out: str, err: str, *fragments: str) -> None:
-    """Exit 2, nothing on stdout, exactly one ``fmaudit: error:`` line containing ``fragments``."""
-    assert code == 2, (out, err)
-    assert out == ""
-    assert err.startswith("fmaudit: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err and "internal error" not in err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 def write_json(path: Path, obj: Any) -> Path:

@@ -12,26 +12,9 @@ from typing import Any
 import pytest
 from report_checks import FIXTURES
 
-from fmaudit.cli import main
+from tests.cliutil import one_error_line, run_main
 
 Report = dict[str, Any]
-
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
-def one_error_line(code: int, out: str, err: str, *fragments: str) -> None:
-    assert code == 2, (out, err)
-    assert out == ""
-    assert err.startswith("fmaudit: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err and "internal error" not in err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 def _first(r: Report) -> Report:

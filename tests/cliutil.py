@@ -1,0 +1,26 @@
+"""Running the CLI in-process and checking the one-line error contract (shared by the tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fmaudit.cli import main
+
+
+def run_main(argv: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``fmaudit ARGV`` in this process: ``(exit code, stdout, stderr)``."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def one_error_line(code: int, out: str, err: str, *fragments: str) -> None:
+    """Exit 2, nothing on stdout, exactly one ``fmaudit: error:`` line containing ``fragments``."""
+    assert code == 2, (out, err)
+    assert out == ""
+    assert err.startswith("fmaudit: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "internal error" not in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
