@@ -356,8 +356,9 @@ def load_model(member: ResolvedMember, config: Any, objective: str, *,
         raise
     except Exception as exc:  # corrupt or truncated files, bad pickles, configs the weights
         # do not fit: whatever the loader raises, the member's files are at fault
+        # (chained, so --debug shows the loader's own traceback)
         raise FmauditError(f"{member.id}: cannot load its weights, the checkpoint looks corrupt "
-                           f"or does not fit config.json ({_one_line(exc)})") from None
+                           f"or does not fit config.json ({_one_line(exc)})") from exc
     _check_loading_info(member, model, info)
     model.eval()
     return model
