@@ -126,3 +126,28 @@ def writable_dir(path: str | os.PathLike[str], option: str) -> Path:
         raise FmauditError(f"{option} {path}: cannot write there "
                            f"({exc.strerror or type(exc).__name__})") from None
     return path
+
+
+def read_json_object(path: str | os.PathLike[str], what: str, fix: str) -> dict[str, Any]:
+    """A JSON object from ``path`` (a manifest, a run file).
+
+    Raises:
+        FmauditError: the file is unreadable, not valid JSON or not an object (names the file,
+            ``what`` it is and the ``fix``).
+    """
+    from fmaudit.errors import FmauditError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise FmauditError(f"{path}: unreadable {what} ({reason}) ({fix})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise FmauditError(f"{path}: {what} is not valid JSON ({exc}) ({fix})") from None
+    if not isinstance(data, dict):
+        raise FmauditError(f"{path}: {what} is not a JSON object (it holds a "
+                           f"{type(data).__name__}) ({fix})")
+    return data

@@ -209,7 +209,7 @@ def test_malformed_tokenizer_json(family, tmp_path, text):
 def test_manifest_not_an_object(family, tmp_path):
     bad = copy_member(family, tmp_path)
     (bad / mload.MANIFEST).write_text("[1, 2]")
-    with pytest.raises(FmauditError, match=r"fmaudit\.json: expected a JSON object"):
+    with pytest.raises(FmauditError, match=r"fmaudit\.json: fmaudit manifest is not a JSON object"):
         mload.resolve_member(MemberSpec(str(bad)))
 
 

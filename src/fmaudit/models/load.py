@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fmaudit.errors import FmauditError
+from fmaudit.io import read_json_object
 from fmaudit.models.specs import MemberSpec
 
 MANIFEST = "fmaudit.json"
@@ -148,13 +149,8 @@ def resolve_member(spec: MemberSpec, allow_pickle: bool = False) -> ResolvedMemb
         source = "hub"
     manifest = None
     if (path / MANIFEST).is_file():
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except (OSError, ValueError) as exc:
-            raise FmauditError(f"{path / MANIFEST}: unreadable manifest ({exc})") from None
-        if not isinstance(manifest, dict):
-            raise FmauditError(f"{path / MANIFEST}: expected a JSON object, found "
-                               f"{type(manifest).__name__}")
+        manifest = read_json_object(path / MANIFEST, "fmaudit manifest",
+                                    "restore it, or remove it and pass --corpus")
     return ResolvedMember(id=spec.label, path=path, revision=revision, source=source,
                           manifest=manifest)
 

@@ -72,18 +72,11 @@ def output_file(raw: str | os.PathLike[str], option: str, example: str = "out.xm
 
 
 def write_output(path: str | os.PathLike[str], data: bytes, option: str | None = None) -> None:
-    """Write ``data`` to ``path`` atomically; an OS error names ``option`` and the path.
-
-    An existing device or pipe (``/dev/null``, ``/dev/stdout``) is written through: renaming a
-    file onto it would replace the device itself (as root) or fail.
-    """
+    """Write ``data`` to ``path`` atomically (a device or pipe is written through, see
+    :func:`fmaudit.io.atomic_path`); an OS error names ``option`` and the path."""
     path = Path(path)
     try:
-        if path.exists() and not path.is_file() and not path.is_dir():
-            with open(path, "wb") as fh:
-                fh.write(data)
-        else:
-            atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise FmauditError(f"{_what(option, path)}: cannot write ({_reason(exc)}; choose a "
                            "writable location)") from None

@@ -23,6 +23,7 @@ from typing import Any
 
 from fmaudit import __version__
 from fmaudit.errors import FmauditError
+from fmaudit.io import read_json_object
 from fmaudit.provenance import now_utc, tool_info
 
 MANIFEST = "fmaudit.json"
@@ -48,27 +49,6 @@ def is_done(out: Path, seed: int) -> bool:
     """A member is done when its folder holds the manifest (written last, moved in atomically)."""
     return (member_dir(out, seed) / MANIFEST).is_file()
 
-
-def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:
-    """A JSON object from ``path``.
-
-    Raises:
-        FmauditError: the file is unreadable, not valid JSON or not an object (names the file,
-            ``what`` it is and the ``fix``).
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise FmauditError(f"{path}: unreadable {what} ({reason}) ({fix})") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise FmauditError(f"{path}: {what} is not valid JSON ({exc}) ({fix})") from None
-    if not isinstance(data, dict):
-        raise FmauditError(f"{path}: {what} is not a JSON object (it holds a "
-                           f"{type(data).__name__}) ({fix})")
-    return data
 
 
 # what the model card and the summary table read from every member manifest
