@@ -90,8 +90,10 @@ def audit_child(args: dict, queue: Any) -> None:
     dtype = torch.bfloat16 if args["bf16"] else None
     tok = build_tokenizer("kmer:6")
     models = _models(args["size"], args["members"], len(tok), args["seq_len"], device)
-    data = [b.to(device) for b in _batches(tok, args["samples"], args["seq_len"],
-                                           args["batch_size"])]
+    # the audit gets CPU batches, as in `fmaudit report` (it pins and copies them itself); the
+    # bare forward gets them already on the device, so (a) is the models' compute alone
+    cpu_data = _batches(tok, args["samples"], args["seq_len"], args["batch_size"])
+    data = [b.to(device) for b in cpu_data]
     # the Fisher pass has its own, fixed window budget (--fisher-samples in the CLI)
     fisher_data = [b.to(device) for b in _batches(tok, args["fisher_windows"], args["seq_len"],
                                                   args["batch_size"])]
@@ -105,7 +107,7 @@ def audit_child(args: dict, queue: Any) -> None:
                         m(input_ids=b.input_ids, attention_mask=b.attention_mask)
 
     def audit() -> None:
-        run_prediction_pass(models, [str(i) for i in range(len(models))], data, len(tok),
+        run_prediction_pass(models, [str(i) for i in range(len(models))], cpu_data, len(tok),
                             [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
                             "nucleus", device, dtype)
 
@@ -227,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
             "fisher_windows": args.fisher_windows, "device": args.device, "bf16": args.bf16,
             "threads": args.threads, "peak_flops": peak}, queue))
         child.start()
-        runs.append(queue.get())
+        result = _result_of(child, queue)
         child.join()
-        if child.exitcode != 0:
+        if result is None or child.exitcode != 0:
             print(f"benchmark child failed for --samples {samples}", file=sys.stderr)
             return 1
+        runs.append(result)
     out = {
         "size": args.size, "members": args.members, "seq_len": args.seq_len,
         "batch_size": args.batch_size, "device": args.device, "bf16": args.bf16,
@@ -273,6 +276,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(f) training tokens/s: fmaudit {tr['fmaudit_tokens_per_s']:.0f}, Trainer "
               f"{tr['trainer_tokens_per_s']:.0f}, ratio {tr['ratio']:.2f}")
     return 0
+
+
+def _result_of(child: Any, queue: Any) -> dict | None:
+    """The child's result, or None once it has died without one (no wait on a dead child)."""
+    import queue as queues
+
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queues.Empty:
+            if not child.is_alive():
+                return None
 
 
 def _peak_flops(args: argparse.Namespace) -> float | None:

@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from fmaudit.training.ensemble import resolve_mixed_precision
+
     with tempfile.TemporaryDirectory() as work:
         recipe, tok, batches, data, corpus = _batches(args.recipe, args.corpus, args.steps,
                                                       Path(work))
@@ -205,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": recipe.name, "corpus": corpus, "steps": args.steps, "timed_steps": len(timed),
         "batch_size": recipe.batch_size, "seq_len": recipe.seq_len,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "mixed_precision": resolve_mixed_precision("auto"),
         "threads": torch.get_num_threads(), "tokens_timed": n_tokens,
         "fmaudit": {"seconds": f_s, "tokens_per_s": n_tokens / f_s},
         "trainer": {"seconds": t_s, "tokens_per_s": n_tokens / t_s},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from fmaudit.cli import main
@@ -24,3 +27,15 @@ def one_error_line(code: int, out: str, err: str, *fragments: str) -> None:
     assert "Traceback" not in err and "internal error" not in err
     for fragment in fragments:
         assert fragment in err, (fragment, err)
+
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """Environment for a ``python -m fmaudit`` child: this checkout's ``src`` first on the
+    path, whatever the caller's PYTHONPATH already holds kept after it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [env.get("PYTHONPATH")])])
+    env.update(overrides)
+    return env

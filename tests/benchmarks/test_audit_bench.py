@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cliutil import child_env
+
 ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.slow
 
@@ -41,9 +43,7 @@ def test_benchmark_small_form_and_flat_memory():
 
 
 def _env() -> dict:
-    import os
-
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
+    return child_env(OMP_NUM_THREADS="2")
 
 
 def test_training_benchmark_uses_synthetic_dna_when_a_batch_does_not_fit(tmp_path: Path):

@@ -16,7 +16,7 @@ import pytest
 
 from fmaudit.errors import FmauditError
 from fmaudit.gate import run_gate
-from tests.cliutil import one_error_line
+from tests.cliutil import child_env, one_error_line
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TWO = FIXTURES / "report-two.json"
@@ -286,10 +286,9 @@ def test_gate_stays_light() -> None:
     """The gate reads reports through fmaudit.report.load without importing the renderer."""
     import subprocess
 
-    src = Path(__file__).resolve().parents[2] / "src"
     probe = ("import sys\nfrom fmaudit.cli import main\ntry:\n"
              "    main(['-q', 'gate', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
              "print(sorted(m for m in ('torch', 'matplotlib', 'numpy') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", probe, str(TWO)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(src)}, timeout=120)
+                          env=child_env(), timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -15,6 +14,7 @@ import pytest
 
 from fmaudit.cli.gate_cmd import gate as gate_command
 from fmaudit.gate import OutputFormat
+from tests.cliutil import child_env
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -109,7 +109,7 @@ def test_gate_is_listed_in_help(run_cli: Run) -> None:
 
 
 def test_real_process_exit_code(policy_file: PolicyFile) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = child_env()
     proc = subprocess.run([sys.executable, "-m", "fmaudit", "gate", str(TWO), "--policy",
                            str(policy_file(FAILING)), "--format", "json"],
                           capture_output=True, text=True, env=env, timeout=60, check=False)

@@ -27,14 +27,14 @@ def test_cuda_sums_equal_cpu_sums_and_update_never_syncs():
     v = members[0].shape[1]
     cpu_pred, cpu_dis = PredictionAccumulator(v), DisagreementAccumulator(3, TOP_PS)
     gpu_pred, gpu_dis = PredictionAccumulator(v), DisagreementAccumulator(3, TOP_PS)
-    cuda = [m.cuda() for m in members]
-    gpu_pred.update(cuda[0], labels.cuda())  # first update moves the sums to the device
+    cuda, cuda_labels = [m.cuda() for m in members], labels.cuda()
+    gpu_pred.update(cuda[0], cuda_labels)  # first update moves the sums to the device
     gpu_dis.update(cuda)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any host sync inside update() raises
     try:
         for _ in range(2):
-            gpu_pred.update(cuda[0], labels.cuda())
+            gpu_pred.update(cuda[0], cuda_labels)
             gpu_dis.update(cuda)
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -17,6 +17,7 @@ import pytest
 from fmaudit.errors import FmauditError
 from fmaudit.models import load as mload
 from fmaudit.models.specs import MAX_MEMBERS, MemberSpec, expand_ranges, parse_member_specs
+from tests.cliutil import child_env
 from tests.tinymodels import random_dna, save_family, save_member, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -271,7 +272,7 @@ def _plain_bert(folder: Path) -> None:
 def test_cli_exits_2_in_one_line(family, tmp_path, make_bad, needle):
     bad = copy_member(family, tmp_path)
     make_bad(bad)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    env = child_env(HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, "-m", "fmaudit", "-q", "report", str(family / "bert" / "seed1"),
          str(bad), "--corpus", str(family / "r.fa"), "--samples", "6", "--seq-len", "32",

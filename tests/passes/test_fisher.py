@@ -121,3 +121,22 @@ def test_sampled_labels_are_seeded():
     r3 = run_fisher_pass(model, [b], labels="empirical", seed=1)
     assert r1.sums == r2.sums
     assert r1.sums != r3.sums
+
+
+def test_half_precision_request_keeps_the_one_backward_path(monkeypatch):
+    """Expanded weights fail under autocast (a bf16 output gradient times a float32 weight):
+    a bf16 audit on a GPU used to fall back to one backward per window. The per-sample path
+    must not enter autocast; a real CPU bf16 autocast stands in for the GPU's here."""
+    import fmaudit.passes.fisher as fisher
+
+    monkeypatch.setattr(fisher, "autocast",
+                        lambda device, dtype: torch.autocast("cpu", dtype=torch.bfloat16))
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("fell back to one backward per window")
+
+    monkeypatch.setattr(fisher, "_squared_grads_loop", no_fallback)
+    model, b = tiny("bert"), batch("mlm")
+    half = run_fisher_pass(model, [b], dtype=torch.bfloat16)
+    full = run_fisher_pass(model, [b])
+    assert half.sums == pytest.approx(full.sums, rel=1e-6)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 from report_checks import FIXTURES
 
 from fmaudit.cli import main
+from tests.cliutil import child_env
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -29,8 +29,7 @@ def test_round_trip_in_a_subprocess(tmp_path: Path) -> None:
     report = tmp_path / "audit" / "report.json"
     report.parent.mkdir()
     shutil.copy(FIXTURES / "report_three.json", report)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = child_env()
     proc = subprocess.run([sys.executable, "-m", "fmaudit", "render", str(report)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -93,7 +92,7 @@ def test_render_reads_only_the_json(tmp_path: Path) -> None:
              "    main(['render', sys.argv[1]])\n"
              "except SystemExit as e:\n    assert not e.code, e.code\n"
              "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env = child_env()
     proc = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr

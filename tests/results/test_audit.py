@@ -117,7 +117,7 @@ def test_js_matches_scipy_on_the_same_positions(tmp_path, genome, capsys):
 
     paths = save_family(tmp_path / "fam", "bert", seeds=(0, 1))
     rep = audit([str(p) for p in paths], genome, tmp_path / "out", capsys,
-                "--analyses", "predictions", "--top-p", "1.0")
+                "--analyses", "predictions", "--top-p", "1.0", "--device", "cpu")
     e = rep["ensembles"]["model"]
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 

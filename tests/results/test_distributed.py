@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cliutil import child_env
 from tests.tinymodels import random_dna, save_family
 
 pytestmark = pytest.mark.slow
@@ -54,8 +54,8 @@ LAUNCHERS = {
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    # CPU and gloo even where a GPU is present: two ranks cannot share one GPU under NCCL
+    return child_env(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
 
 
 def _report(folder: Path) -> dict:

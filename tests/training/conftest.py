@@ -3,13 +3,14 @@ and tiny models run fastest single-threaded) and trained tiny ensembles built on
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from tests.cliutil import child_env
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,12 +23,8 @@ def _one_thread() -> Iterator[None]:
 
 def subprocess_env() -> dict[str, str]:
     """Environment for ``python -m fmaudit`` / torchrun children: src on the path, 1 thread."""
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", FMAUDIT_QUIET="1",
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    return env
+    return child_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", FMAUDIT_QUIET="1",
+                     TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
 
 
 @pytest.fixture(scope="session")

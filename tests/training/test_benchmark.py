@@ -30,4 +30,5 @@ def test_benchmark_small_form() -> None:
     assert result["ratio"] == pytest.approx(
         result["fmaudit"]["tokens_per_s"] / result["trainer"]["tokens_per_s"])
     # same model, batches, optimiser and schedule: the two loops reach the same weights
-    assert result["max_abs_weight_diff"] < 1e-4
+    # (bf16 autocast on a GPU rounds the two loops' different kernel orders to ~3 digits)
+    assert result["max_abs_weight_diff"] < (1e-4 if result["mixed_precision"] == "no" else 3e-2)

@@ -40,8 +40,10 @@ def _launcher(name: str) -> list[str]:
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory) -> tuple[Path, list[dict]]:
     root = tmp_path_factory.mktemp("one")
+    # fp32: on a GPU machine this reference runs on the GPU, the two CPU processes in fp32
     members = train_ensemble(bundled("dna"), root,
-                             load_recipe("tiny").replace(max_steps=6, eval_every=3), seeds=2)
+                             load_recipe("tiny").replace(max_steps=6, eval_every=3), seeds=2,
+                             mixed_precision="no")
     return root, members
 
 
@@ -52,7 +54,9 @@ def test_two_processes(tmp_path: Path, single_process, launcher: str) -> None:
     cmd = [sys.executable, *_launcher(launcher),
            "-m", "fmaudit", "train", "--corpus", str(bundled("dna")), "--out", str(out),
            "--seeds", "2", "--max-steps", "6", "--eval-every", "3", "--json"]
-    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    # CPU and gloo even where a GPU is present: two ranks cannot share one GPU under NCCL
+    env = {**subprocess_env(), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = json.loads(done.stdout)  # only the main process prints
     assert [m["seed"] for m in printed["members"]] == [0, 1]

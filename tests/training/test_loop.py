@@ -42,6 +42,9 @@ def _recipe(**kw):
 def _accelerator(accum: int = 1):
     from accelerate import Accelerator
 
+    from fmaudit.training.ensemble import _forget_accelerator_state
+
+    _forget_accelerator_state()  # another test of this process may have trained on a GPU
     return Accelerator(cpu=True, gradient_accumulation_steps=accum)
 
 
@@ -173,3 +176,21 @@ def test_prefetcher_returns_the_same_batches(tok, windows) -> None:
             assert torch.equal(got.labels, want.labels)
     finally:
         pre.close()
+
+
+def test_training_again_with_other_settings_in_one_process(tmp_path: Path) -> None:
+    """accelerate alone refuses a second Accelerator with another precision in a process
+    ("restart your runtime"); fmaudit starts the single-process case from a clean state."""
+    from accelerate import Accelerator
+
+    from fmaudit.training.ensemble import _forget_accelerator_state, make_accelerator
+
+    _forget_accelerator_state()
+    Accelerator(cpu=True, mixed_precision="bf16")
+    try:
+        with pytest.raises(ValueError, match="already been initialized"):
+            Accelerator(cpu=True, mixed_precision="no")
+        acc = make_accelerator(_recipe(), "no", [], tmp_path)
+        assert acc.mixed_precision == "no"
+    finally:
+        _forget_accelerator_state()

@@ -269,7 +269,7 @@ def _prediction_update(logits: torch.Tensor, labels: torch.Tensor, ranks: int) -
     out = torch.zeros(_RANKS + r, dtype=torch.float64, device=logits.device)
     if n == 0:
         return out
-    out[_N] = n
+    out[_N].fill_(n)  # not out[_N] = n: that copies a host scalar (a CUDA sync)
     step = _chunk_rows(logits)
     for start in range(0, n, step):
         chunk = _Chunk(logits[start : start + step])

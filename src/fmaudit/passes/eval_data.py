@@ -30,8 +30,9 @@ class EvalBatch:
         return int(self.labels.numel())
 
     def pin_memory(self) -> EvalBatch:
-        """Page-locked copies, so a later ``to(cuda, non_blocking=True)`` overlaps compute."""
-        return EvalBatch(*(t.pin_memory() for t in (
+        """Page-locked copies of the CPU tensors, so a later ``to(cuda, non_blocking=True)``
+        overlaps compute; tensors already on a device are kept as they are."""
+        return EvalBatch(*(t.pin_memory() if t.device.type == "cpu" else t for t in (
             self.window_ids, self.input_ids, self.attention_mask, self.target_mask, self.labels)))
 
     def to(self, device: torch.device, non_blocking: bool = False) -> EvalBatch:

@@ -32,7 +32,7 @@ from fmaudit.models.groups import (
     ordered_groups,
     untie_output_weight,
 )
-from fmaudit.passes.device import autocast
+from fmaudit.passes.device import autocast, reduced_precision_matmuls
 from fmaudit.passes.distributed import all_reduce_sum
 from fmaudit.passes.eval_data import EvalBatch
 from fmaudit.passes.masking import window_generator
@@ -243,10 +243,13 @@ def _squared_grads_expanded(model, params, input_ids, attention_mask, cols, labe
     if getattr(model.config, "type_vocab_size", 0):
         kwargs["token_type_ids"] = torch.zeros_like(input_ids)
     target = TargetLogits(model)
-    with autocast(device, dtype):
+    # not autocast: expanded weights' backward multiplies a half-precision output gradient by
+    # the float32 weight and fails, which used to send every GPU bf16 audit to the slow
+    # one-window-at-a-time loop
+    with reduced_precision_matmuls(device, dtype):
         chosen = call_for_per_sample_grads(target, batch_size=n, loss_reduction="sum")(
             cols=cols, **kwargs).float()
-    torch.nn.functional.cross_entropy(chosen, labels, reduction="sum").backward()
+        torch.nn.functional.cross_entropy(chosen, labels, reduction="sum").backward()
     sq, per_sample = [], []
     for p in params:
         gs = getattr(p, "grad_sample", None)

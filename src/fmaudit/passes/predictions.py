@@ -133,7 +133,8 @@ def run_prediction_pass(
                 batch = (batch.pin_memory() if device.type == "cuda" else batch).to(
                     device, non_blocking=True)
                 keep = keep.to(device, non_blocking=True) if any_keep else keep
-                flat_index = flat_index.to(device, non_blocking=True)
+                flat_index = (flat_index.pin_memory() if device.type == "cuda" else flat_index
+                              ).to(device, non_blocking=True)
             labels = batch.labels
             member_logits = []
             for m, (forward, mid) in enumerate(zip(forwards, member_ids, strict=True)):
@@ -152,7 +153,9 @@ def run_prediction_pass(
             if any_keep:
                 pooled_ids.append(batch.window_ids[keep].cpu())
             counts += torch.tensor([n_windows, n_labels], dtype=torch.float64)
-            label_counts += torch.bincount(labels, minlength=vocab_size).double()
+            # index_add_, not bincount: bincount on CUDA reads the largest label back to the
+            # host (a device synchronisation per batch)
+            label_counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
             if progress is not None:
                 progress.update(n_windows)
     for acc in [*preds, disagreement]:

@@ -156,6 +156,18 @@ def resolve_mixed_precision(value: str) -> str | None:
     return "no"
 
 
+def _forget_accelerator_state() -> None:
+    """Clear accelerate's per-process state. accelerate refuses an Accelerator with other
+    settings (precision, device) than the process's first; a single process that trains again
+    with others (a notebook, a script looping over recipes, the test suite on a GPU machine)
+    starts from a clean state instead. Never for launched runs: the state holds the process
+    group."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def make_accelerator(recipe: Recipe, mixed_precision: str, log_with: Sequence[str],
                      out: Path) -> Any:
     import torch
@@ -169,16 +181,26 @@ def make_accelerator(recipe: Recipe, mixed_precision: str, log_with: Sequence[st
     # accelerate joins a CPU process group (gloo) only when told it runs on CPU; torchrun on a
     # GPU-less machine sets WORLD_SIZE, so say so then.
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a missing tracker is reported below, by name
-        accelerator = Accelerator(
-            cpu=launched and not torch.cuda.is_available(),
-            mixed_precision=resolve_mixed_precision(mixed_precision),
-            gradient_accumulation_steps=recipe.grad_accum,
-            log_with=list(log_with) or None,
-            project_config=ProjectConfiguration(project_dir=str(out),
-                                                logging_dir=str(out / "logs")),
-        )
+
+    def create() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a missing tracker is reported below, by name
+            return Accelerator(
+                cpu=launched and not torch.cuda.is_available(),
+                mixed_precision=resolve_mixed_precision(mixed_precision),
+                gradient_accumulation_steps=recipe.grad_accum,
+                log_with=list(log_with) or None,
+                project_config=ProjectConfiguration(project_dir=str(out),
+                                                    logging_dir=str(out / "logs")),
+            )
+
+    try:
+        accelerator = create()
+    except ValueError as exc:  # an earlier Accelerator of this process had other settings
+        if launched or "already been initialized" not in str(exc):
+            raise
+        _forget_accelerator_state()
+        accelerator = create()
     if accelerator.distributed_type.value == "DEEPSPEED":
         raise FmauditError("accelerate config: DeepSpeed is not supported by fmaudit train "
                            "(use DDP, or FSDP through an accelerate config file)")

@@ -1,0 +1,149 @@
+"""The audit and training on a CUDA device. Skipped without a GPU; run them where one is
+(``pytest tests/results/test_cuda.py tests/metrics/test_device.py``).
+
+- float32 on the GPU gives the CPU's report (same windows, masks and Fisher targets);
+- ``--dtype auto`` is bf16 autocast there, recorded in the report and close to float32;
+- the prediction pass adds no host synchronisation per batch to the models' own forwards;
+- ``fmaudit train`` on the GPU defaults to bf16, and its checkpoints load and audit on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.cliutil import run_main
+from tests.tinymodels import random_dna, save_family, tiny_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+SEQ = 32
+AUDIT = ["--seq-len", str(SEQ), "--batch-size", "5", "--fisher-samples", "6",
+         "--k", "1,5,10"]
+
+
+@pytest.fixture(scope="module")
+def genome(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "g.fa"
+    path.write_text("".join(f">chr{i}\n{random_dna(6000, i)}\n" for i in (1, 2)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> list[str]:
+    return [str(p) for p in save_family(tmp_path_factory.mktemp("fam"), "bert", seeds=(0, 1, 2))]
+
+
+def _audit(members: list[str], genome: Path, out: Path, capsys, *extra: str,
+           samples: int = 12) -> dict:
+    code, _, err = run_main(["--quiet", "report", *members, "--corpus", genome, *AUDIT,
+                             "--samples", samples, "--out", out, *extra], capsys)
+    assert code == 0, err
+    return json.loads((out / "report.json").read_text())
+
+
+def _numbers(tree, path: str = "") -> dict[str, float]:
+    """Every float leaf of a JSON tree by its path."""
+    if isinstance(tree, dict):
+        children = [(f"{path}.{key}", sub) for key, sub in tree.items()]
+    elif isinstance(tree, list):
+        children = [(f"{path}[{i}]", sub) for i, sub in enumerate(tree)]
+    else:
+        return {path: float(tree)} if isinstance(tree, float) else {}
+    return {k: v for sub_path, sub in children for k, v in _numbers(sub, sub_path).items()}
+
+
+def test_float32_on_cuda_equals_cpu(tmp_path, genome, family, capsys):
+    cpu = _audit(family, genome, tmp_path / "cpu", capsys, "--device", "cpu")
+    gpu = _audit(family, genome, tmp_path / "gpu", capsys, "--device", "cuda", "--dtype", "float32")
+    assert gpu["settings"]["device"] == "cuda" and gpu["settings"]["dtype"] == "float32"
+    a, b = _numbers(cpu["ensembles"]), _numbers(gpu["ensembles"])
+    assert a.keys() == b.keys() and len(a) > 100
+    # float32 kernels sum in another order on the GPU: agreement to ~1e-5 relative, not bits
+    off = {k: (a[k], b[k]) for k in a
+           if not math.isclose(a[k], b[k], rel_tol=1e-4, abs_tol=1e-6)}
+    assert not off, off
+
+
+def test_auto_dtype_is_bf16_autocast_and_close_to_float32(tmp_path, genome, family, capsys):
+    fp32 = _audit(family, genome, tmp_path / "fp32", capsys, "--device", "cuda",
+                  "--dtype", "float32")
+    auto = _audit(family, genome, tmp_path / "auto", capsys, "--device", "cuda")
+    assert auto["settings"]["dtype"] == "bfloat16"
+    e32, e16 = fp32["ensembles"]["model"], auto["ensembles"]["model"]
+    for key in ("bits", "normalized"):
+        assert e16["entropy"][key]["mean"] == pytest.approx(e32["entropy"][key]["mean"], rel=1e-2)
+    js32 = {r["top_p"]: r["mean"] for r in e32["disagreement"]["js_distance"]}
+    js16 = {r["top_p"]: r["mean"] for r in e16["disagreement"]["js_distance"]}
+    assert js16[1.0] == pytest.approx(js32[1.0], rel=5e-2)
+    # static embeddings come from the weights, not from the autocast forward
+    assert e16["static_embeddings"] == e32["static_embeddings"]
+
+
+def _syncs(fn) -> Counter:
+    """Host synchronisations ``fn`` makes on the CUDA device (torch's sync debug mode), counted
+    by the Python line that made them."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
+                   if "synchroniz" in str(w.message))
+
+
+def test_prediction_pass_adds_no_sync_per_batch():
+    from fmaudit.passes.eval_data import batches
+    from fmaudit.passes.predictions import run_prediction_pass
+    from fmaudit.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("kmer:3")
+    device = torch.device("cuda")
+    models = [tiny_model("bert", len(tok), s, tok=tok).to(device) for s in range(3)]
+    texts = [random_dna(90, i) for i in range(32)]
+    data = {n: list(batches(texts[: 4 * n], tok, SEQ, "mlm", 0, 0.15, 4)) for n in (2, 8)}
+    on_device = {n: [b.to(device) for b in data[n]] for n in data}
+
+    def audit(n: int) -> None:
+        run_prediction_pass(models, ["0", "1", "2"], data[n], len(tok), [0.1, 0.5, 1.0],
+                            "nucleus", device)
+
+    def forward(n: int) -> None:  # the models' own syncs, inputs already on the device
+        with torch.inference_mode():
+            for b in on_device[n]:
+                for m in models:
+                    m(input_ids=b.input_ids, attention_mask=b.attention_mask)
+
+    audit(2)  # warm-up: first-use allocations and lazy initialisation
+    forward(2)
+    audit_growth = _syncs(lambda: audit(8))
+    audit_growth.subtract(_syncs(lambda: audit(2)))
+    model_growth = _syncs(lambda: forward(8))
+    model_growth.subtract(_syncs(lambda: forward(2)))
+    # 6 more batches add the models' own syncs and nothing from the audit's accumulation
+    assert audit_growth.total() == model_growth.total(), (audit_growth, model_growth)
+
+
+def test_train_on_cuda_defaults_to_bf16_and_audits_on_cpu(tmp_path, genome, capsys):
+    out = tmp_path / "runs"
+    code, _, err = run_main(["--quiet", "train", "--corpus", genome, "--out", out, "--seeds", "2",
+                             "--max-steps", "8", "--eval-every", "4", "--json"], capsys)
+    assert code == 0, err
+    for seed in (0, 1):
+        manifest = json.loads((out / f"seed{seed}" / "fmaudit.json").read_text())
+        assert manifest["runtime"]["mixed_precision"] == "bf16"
+        assert manifest["runtime"]["device"] == "cuda"
+        assert math.isfinite(manifest["heldout_loss"])
+    # kmer:6 windows are longer: the 1.2 kb held-out split of this genome holds 6 of them
+    rep = _audit([str(out / "seed0"), str(out / "seed1")], genome, tmp_path / "rep", capsys,
+                 "--device", "cpu", samples=4)
+    assert rep["ensembles"]["model"]["entropy"]["normalized"]["mean"] < 1.0
