@@ -249,8 +249,9 @@ def tricky_logits(n: int, v: int, seed: int) -> torch.Tensor:
     return logits
 
 
-def accumulate(members, top_ps, rule, sparse, monkeypatch):
+def accumulate(members, top_ps, rule, sparse, monkeypatch, ratio_form=False):
     monkeypatch.setattr(disagreement, "_SPARSE_ON_CPU", sparse)
+    monkeypatch.setattr(disagreement, "_RATIO_FORM_ON_CPU", ratio_form)
     acc = DisagreementAccumulator(len(members), top_ps, rule)
     acc.update(members)
     return acc
@@ -265,6 +266,9 @@ def test_sparse_path_equals_dense_path(rule, top_ps, monkeypatch):
     sparse = accumulate(members, top_ps, rule, True, monkeypatch)
     dense = accumulate(members, top_ps, rule, False, monkeypatch)
     torch.testing.assert_close(sparse.sums(), dense.sums(), rtol=1e-10, atol=1e-12)
+    # the accelerators' form of the pair JS (ratios for every row, no host sync), on the CPU
+    ratio = accumulate(members, top_ps, rule, False, monkeypatch, ratio_form=True)
+    torch.testing.assert_close(sparse.sums(), ratio.sums(), rtol=1e-10, atol=1e-12)
     identical = sparse.pairs.index((0, 3))
     assert sparse.pair_means()["js_distance"][identical] == [0.0] * len(top_ps)
     # members 0, 1, 2 against slowly truncated rows and scipy's relative entropy
@@ -316,3 +320,26 @@ def test_nonfinite_count_in_sums_raises_at_compute():
         acc.compute()
     with pytest.raises(NonFiniteLogitsError):
         acc.pair_means()
+
+
+@pytest.mark.parametrize("case", ["independent", "near-identical", "identical", "zeros", "one-hot"])
+def test_ratio_form_equals_scipy(case):
+    """The accelerators' JS (``q/m = 2 - p/m``, m floored, xlogy) against scipy row by row."""
+    gen = torch.Generator().manual_seed(5)
+    p = torch.softmax(torch.randn(30, 50, generator=gen, dtype=torch.float64) * 3, dim=1)
+    q = torch.softmax(torch.randn(30, 50, generator=gen, dtype=torch.float64) * 3, dim=1)
+    if case == "near-identical":
+        q = p * (1 + 1e-6 * torch.randn(30, 50, generator=gen, dtype=torch.float64))
+    elif case == "identical":
+        q = p.clone()
+    elif case == "zeros":  # truncated rows: zeros in one, both or neither
+        p = torch.where(torch.rand(30, 50, generator=gen) < 0.6, p, 0.0)
+        q = torch.where(torch.rand(30, 50, generator=gen) < 0.6, q, 0.0)
+    elif case == "one-hot":
+        p = torch.zeros(30, 50, dtype=torch.float64)
+        p[:, 0] = 1.0
+    p, q = p / p.sum(1, keepdim=True), q / q.sum(1, keepdim=True)
+    got = disagreement._js_divergence_ratio_bits(p, q)
+    expected = np.array([jensenshannon(a, b, base=2) ** 2
+                         for a, b in zip(p.numpy(), q.numpy(), strict=True)])
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9, atol=1e-15)

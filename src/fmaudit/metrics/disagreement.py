@@ -54,6 +54,9 @@ _CHUNK_ELEMENTS_ACCELERATOR = 1 << 22
 
 # The accumulator uses the sparse path for CPU tensors (tests switch it off to compare paths).
 _SPARSE_ON_CPU = True
+# The dense path's pair JS on the CPU: entropy difference + exact redo of nearly equal rows;
+# accelerators use the ratio form (tests switch this on to run that form on the CPU).
+_RATIO_FORM_ON_CPU = False
 
 # Sort keys (see _Workspace) are uint32 when they fit in this many bits, else uint64.
 _NARROW_KEY_BITS = 32
@@ -197,6 +200,24 @@ def _js_divergence_exact_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return 0.5 * (kl_p + kl_q) / LN2
 
 
+def _js_divergence_ratio_bits(p: torch.Tensor, q: torch.Tensor,
+                              buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+                              ) -> torch.Tensor:
+    """``1/2 sum p log2(p/m) + 1/2 sum q log2(q/m)`` (``m = (p + q) / 2``), float64 ``[N]``:
+    the arithmetic of :func:`_js_divergence_exact_bits` (scipy's ``rel_entr``, accurate for
+    nearly identical rows) in nine elementwise passes and no data-dependent branch, for
+    accelerators. ``m`` is floored at the smallest normal float64, which changes nothing where
+    ``m > 0`` and makes ``p/m = 0`` where ``p = q = 0``; ``xlogy`` makes terms with ``p = 0``
+    exactly 0. ``buffers``: two ``[N, V]`` float64 tensors to work in (spares allocations).
+    """
+    mid, terms = buffers if buffers is not None else (torch.empty_like(p), torch.empty_like(p))
+    torch.add(p, q, out=mid).mul_(0.5).clamp_min_(torch.finfo(torch.float64).tiny)
+    torch.xlogy(p, torch.div(p, mid, out=terms), out=terms)
+    kl_p = terms.sum(dim=-1)
+    torch.xlogy(q, torch.div(q, mid, out=mid), out=mid)
+    return 0.5 * (kl_p + mid.sum(dim=-1)) / LN2
+
+
 def _js_divergence_bits(
     p: torch.Tensor,
     q: torch.Tensor,
@@ -211,15 +232,15 @@ def _js_divergence_bits(
     once per member, so a pair costs one pass over ``[N, V]`` (into ``buffer`` when given,
     to spare an allocation). The difference of entropies loses ~1e-15 absolute, so rows below
     ``_EXACT_BELOW`` bits are recomputed from the ratios (:func:`_js_divergence_exact_bits`):
-    nearly identical rows stay accurate. On an accelerator the exact form is computed for all
-    rows and selected with ``where`` (no host synchronisation).
+    nearly identical rows stay accurate. On an accelerator, where choosing rows would need a
+    host synchronisation, the ratio form (:func:`_js_divergence_ratio_bits`) serves every row.
     """
+    if p.device.type != "cpu":
+        return _js_divergence_ratio_bits(p, q)
     s = torch.add(p, q, out=buffer) if buffer is not None else p + q
     entropy_s = torch.special.entr(s, out=s).sum(dim=-1)  # -sum s ln s
     js = (LN2 + 0.5 * entropy_s + 0.5 * (neg_h_p + neg_h_q)) / LN2
     close = js < _EXACT_BELOW
-    if js.device.type != "cpu":  # no host sync: the exact form for every row, kept where close
-        return torch.where(close, _js_divergence_exact_bits(p, q), js)
     if bool(close.any()):
         js[close] = _js_divergence_exact_bits(p[close], q[close])
     return js
@@ -563,12 +584,17 @@ class DisagreementAccumulator(SumAccumulator):
             return
         _, js, _, _ = self._views(batch)
         sorted_rows = [_sort_desc(c.probs) for c in chunks]  # one sort per member per chunk
-        buffer = torch.empty_like(chunks[0].probs)
+        ratio_form = chunks[0].probs.device.type != "cpu" or _RATIO_FORM_ON_CPU
+        buffers = (torch.empty_like(chunks[0].probs), torch.empty_like(chunks[0].probs))
         for c, p in enumerate(self.top_ps):
             trunc = [_truncate_sorted(sr, p, self.rule) for sr in sorted_rows]
-            neg_h = [_neg_entropy_nats(t) for t in trunc]
+            # on the CPU: entropies once per member, a pair in ~3 passes, the few nearly equal
+            # rows redone exactly; on an accelerator the ratio form for every row (no sync)
+            neg_h = None if ratio_form else [_neg_entropy_nats(t) for t in trunc]
             for k, (i, j) in enumerate(self.pairs):
-                js_bits = _js_divergence_bits(trunc[i], trunc[j], neg_h[i], neg_h[j], buffer)
+                js_bits = (_js_divergence_bits(trunc[i], trunc[j], neg_h[i], neg_h[j], buffers[0])
+                           if neg_h is not None
+                           else _js_divergence_ratio_bits(trunc[i], trunc[j], buffers))
                 js[k, c] += js_bits.clamp(0.0, 1.0).sqrt().sum()
 
     def _add_chunk_sparse(self, chunks: Sequence[_Chunk], batch: torch.Tensor) -> None:
