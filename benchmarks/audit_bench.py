@@ -94,6 +94,9 @@ def audit_child(args: dict, queue: Any) -> None:
     # bare forward gets them already on the device, so (a) is the models' compute alone
     cpu_data = _batches(tok, args["samples"], args["seq_len"], args["batch_size"])
     data = [b.to(device) for b in cpu_data]
+    # as the audit: no attention mask for unpadded batches (decided here, on the host)
+    masks = [None if bool(b.attention_mask.all()) else d.attention_mask
+             for b, d in zip(cpu_data, data, strict=True)]
     # the Fisher pass has its own, fixed window budget (--fisher-samples in the CLI)
     fisher_data = [b.to(device) for b in _batches(tok, args["fisher_windows"], args["seq_len"],
                                                   args["batch_size"])]
@@ -101,10 +104,10 @@ def audit_child(args: dict, queue: Any) -> None:
 
     def bare_forward() -> None:
         with torch.inference_mode():
-            for b in data:
+            for b, mask in zip(data, masks, strict=True):
                 for m in models:
                     with autocast(device, dtype):
-                        m(input_ids=b.input_ids, attention_mask=b.attention_mask)
+                        m(input_ids=b.input_ids, attention_mask=mask)
 
     def audit() -> None:
         run_prediction_pass(models, [str(i) for i in range(len(models))], cpu_data, len(tok),

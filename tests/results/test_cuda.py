@@ -97,8 +97,7 @@ def _syncs(fn) -> Counter:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
-                   if "synchroniz" in str(w.message))
+    return Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
 
 
 def test_prediction_pass_adds_no_sync_per_batch():
@@ -129,8 +128,12 @@ def test_prediction_pass_adds_no_sync_per_batch():
     audit_growth.subtract(_syncs(lambda: audit(2)))
     model_growth = _syncs(lambda: forward(8))
     model_growth.subtract(_syncs(lambda: forward(2)))
-    # 6 more batches add the models' own syncs and nothing from the audit's accumulation
-    assert audit_growth.total() == model_growth.total(), (audit_growth, model_growth)
+    # 6 more batches add no sync in fmaudit's code, and no more than the models' own forwards
+    # (with a mask, transformers reads it back to see whether it is all ones; fmaudit decides
+    # that on the host and passes none)
+    ours = {k: v for k, v in audit_growth.items() if "/fmaudit/" in k and v}
+    assert not ours, (ours, audit_growth)
+    assert audit_growth.total() <= model_growth.total(), (audit_growth, model_growth)
 
 
 def test_train_on_cuda_defaults_to_bf16_and_audits_on_cpu(tmp_path, genome, capsys):

@@ -58,15 +58,21 @@ class MemberForward:
         self.split = split_head(model)
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         self.checked = self.split is None or model_type in self.VERIFIED
+        # for these, no mask means every token is attended (tests/passes/test_member_forward.py)
+        self.mask_optional = model_type in self.VERIFIED
 
-    def __call__(self, batch: EvalBatch, flat_index: torch.Tensor, want_hidden: bool
-                 ) -> tuple[torch.Tensor, Any]:
+    def __call__(self, batch: EvalBatch, flat_index: torch.Tensor, want_hidden: bool,
+                 unpadded: bool = False) -> tuple[torch.Tensor, Any]:
+        """``unpadded``: the batch has no padding (decided on the host). The verified
+        architectures then get no attention mask: transformers would otherwise read the mask
+        back to the host to find that out, a device synchronisation per batch and member."""
+        mask = None if unpadded and self.mask_optional else batch.attention_mask
         if self.split is None:
-            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            out = self.model(input_ids=batch.input_ids, attention_mask=mask,
                              output_hidden_states=want_hidden)
             return target_logits(out.logits, flat_index), out.hidden_states
         trunk, head = self.split
-        out = trunk(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+        out = trunk(input_ids=batch.input_ids, attention_mask=mask,
                     output_hidden_states=want_hidden)
         hidden = out.last_hidden_state.flatten(0, 1).index_select(0, flat_index)
         raw = head(hidden)
@@ -129,6 +135,7 @@ def run_prediction_pass(
             any_keep = bool(keep.any()) if keep is not None else False
             n_windows, n_labels = batch.window_ids.numel(), batch.labels.numel()
             flat_index = batch.target_mask.flatten().nonzero().squeeze(1)
+            unpadded = bool(batch.attention_mask.all())
             if device.type != "cpu":
                 batch = (batch.pin_memory() if device.type == "cuda" else batch).to(
                     device, non_blocking=True)
@@ -139,7 +146,7 @@ def run_prediction_pass(
             member_logits = []
             for m, (forward, mid) in enumerate(zip(forwards, member_ids, strict=True)):
                 with autocast(device, dtype):
-                    logits, hidden_states = forward(batch, flat_index, want_hidden)
+                    logits, hidden_states = forward(batch, flat_index, want_hidden, unpadded)
                 try:
                     preds[m].update(logits, labels)
                 except NonFiniteLogitsError:
