@@ -39,12 +39,20 @@ def _recipe(**kw):
     return load_recipe("tiny").replace(**{**base, **kw})
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate's state is per process: these tests' CPU Accelerators must neither meet a GPU
+    state left by another test nor leave theirs to later in-process training on a GPU."""
+    from fmaudit.training.ensemble import _forget_accelerator_state
+
+    _forget_accelerator_state()
+    yield
+    _forget_accelerator_state()
+
+
 def _accelerator(accum: int = 1):
     from accelerate import Accelerator
 
-    from fmaudit.training.ensemble import _forget_accelerator_state
-
-    _forget_accelerator_state()  # another test of this process may have trained on a GPU
     return Accelerator(cpu=True, gradient_accumulation_steps=accum)
 
 
@@ -183,14 +191,9 @@ def test_training_again_with_other_settings_in_one_process(tmp_path: Path) -> No
     ("restart your runtime"); fmaudit starts the single-process case from a clean state."""
     from accelerate import Accelerator
 
-    from fmaudit.training.ensemble import _forget_accelerator_state, make_accelerator
+    from fmaudit.training.ensemble import make_accelerator
 
-    _forget_accelerator_state()
     Accelerator(cpu=True, mixed_precision="bf16")
-    try:
-        with pytest.raises(ValueError, match="already been initialized"):
-            Accelerator(cpu=True, mixed_precision="no")
-        acc = make_accelerator(_recipe(), "no", [], tmp_path)
-        assert acc.mixed_precision == "no"
-    finally:
-        _forget_accelerator_state()
+    with pytest.raises(ValueError, match="already been initialized"):
+        Accelerator(cpu=True, mixed_precision="no")
+    assert make_accelerator(_recipe(), "no", [], tmp_path).mixed_precision == "no"
