@@ -105,6 +105,14 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def probe_write(folder: str | os.PathLike[str]) -> None:
+    """Create and delete a file in ``folder``: the one sure test that output can be written
+    there (permissions, read-only mounts, /proc). Raises the ``OSError`` it met."""
+    fd, tmp = tempfile.mkstemp(prefix=".fmaudit-probe.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def writable_dir(path: str | os.PathLike[str], option: str) -> Path:
     """Create ``path`` if needed and check a file can be written in it, before any long work.
 
@@ -120,12 +128,29 @@ def writable_dir(path: str | os.PathLike[str], option: str) -> Path:
         raise FmauditError(f"{option} {path}: exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        probe_write(path)
     except OSError as exc:
         raise FmauditError(f"{option} {path}: cannot write there "
                            f"({exc.strerror or type(exc).__name__})") from None
     return path
+
+
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike[str], option: str) -> Iterator[Path]:
+    """:func:`writable_dir`, and if the block (or the check) fails, remove again the folders it
+    created as long as nothing was written in them: a failed start leaves no empty folder
+    that would make the corrected command look like a rerun."""
+    folder = Path(path)  # Path("") is ".": writable_dir refuses the empty name itself
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        yield writable_dir(path, option)
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or already gone): keep it and its parents
+        raise
 
 
 def read_json_object(path: str | os.PathLike[str], what: str, fix: str) -> dict[str, Any]:

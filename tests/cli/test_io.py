@@ -43,3 +43,31 @@ def test_permissions_follow_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
     assert (tmp_path / "d" / "inner").read_text() == "y"
+
+
+def test_output_dir_removes_only_the_empty_folders_it_created(tmp_path):
+    from fmaudit.io import output_dir
+
+    with pytest.raises(RuntimeError), output_dir(tmp_path / "a" / "b" / "c", "--out"):
+        raise RuntimeError("the run failed")
+    assert list(tmp_path.iterdir()) == []  # a, a/b and a/b/c are gone
+    (tmp_path / "a").mkdir()
+    with pytest.raises(RuntimeError), output_dir(tmp_path / "a" / "b", "--out") as out:
+        (out / "partial.txt").write_text("kept")  # something was written: nothing is removed
+        raise RuntimeError("the run failed")
+    assert (tmp_path / "a" / "b" / "partial.txt").exists()
+    with output_dir(tmp_path / "ok", "--out") as out:  # success: the folder stays
+        pass
+    assert out.is_dir()
+
+
+def test_output_dir_that_cannot_be_written_leaves_nothing(tmp_path):
+    from fmaudit.errors import FmauditError
+    from fmaudit.io import output_dir
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FmauditError, match="exists and is not a folder"), \
+            output_dir(tmp_path / "afile", "--out"):
+        pass
+    with pytest.raises(FmauditError, match="empty path"), output_dir("", "--out"):
+        pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -148,17 +149,11 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
         from fmaudit.gate import load_report
 
         baseline_data = load_report(Path(baseline))
-    created = out_dir is not None and not Path(out_dir).exists()
-    if out_dir is not None:  # a folder we cannot write is found now, not after the compute
-        from fmaudit.io import writable_dir
+    from fmaudit.io import output_dir
 
-        writable_dir(out_dir, "--out")
-    try:
+    # a folder we cannot write is found now, not after the compute; a failed run leaves none
+    with output_dir(out_dir, "--out") if out_dir is not None else contextlib.nullcontext():
         return run_report(cfg, out_dir, policy, gate_policy, baseline_data, as_json)
-    except BaseException:
-        if created and not any(Path(out_dir).iterdir()):  # leave no empty folder behind
-            Path(out_dir).rmdir()
-        raise
 
 
 def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,

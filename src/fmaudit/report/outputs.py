@@ -8,11 +8,10 @@ never a traceback or a half-written file. Output folders: :func:`fmaudit.io.writ
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from fmaudit.errors import FmauditError
-from fmaudit.io import atomic_write_bytes
+from fmaudit.io import atomic_write_bytes, probe_write
 
 
 def _what(option: str | None, path: str | os.PathLike[str]) -> str:
@@ -39,9 +38,7 @@ def _existing_ancestor(path: Path, option: str | None, shown: str) -> Path:
 def _probe(folder: Path, option: str | None, shown: str) -> None:
     """Create and delete a file in ``folder``: the one sure test that the output can be written."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".fmaudit-probe.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
+        probe_write(folder)
     except OSError as exc:
         raise FmauditError(f"{_what(option, shown)}: cannot write in {folder} ({_reason(exc)}; "
                            "choose a writable location)") from None

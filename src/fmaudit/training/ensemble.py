@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 
 from fmaudit import progress
 from fmaudit.errors import FmauditError
-from fmaudit.io import atomic_dir, atomic_write_json, atomic_write_text
+from fmaudit.io import atomic_dir, atomic_write_json, atomic_write_text, output_dir
 from fmaudit.training import manifest as mf
 from fmaudit.training.recipes import Recipe, load_recipe, resolve_tokenizer
 
@@ -212,33 +211,6 @@ def make_accelerator(recipe: Recipe, mixed_precision: str, log_with: Sequence[st
     return accelerator
 
 
-def _check_out(out: Path) -> list[Path]:
-    """Check OUT can be written; returns the folders this created (deepest first), which a
-    failed start removes again (:func:`_remove_created`)."""
-    if out.exists() and not out.is_dir():
-        raise FmauditError(f"--out {out}: is a file, not a folder (choose another --out)")
-    created = [p for p in (out, *out.parents) if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        _remove_created(created)
-        raise FmauditError(f"--out {out}: cannot write there ({exc.strerror or exc}) "
-                           "(choose a writable folder)") from None
-    return created
-
-
-def _remove_created(created: list[Path]) -> None:
-    """Remove the folders a failed start created, as long as nothing was written in them."""
-    for folder in created:
-        try:
-            folder.rmdir()
-        except OSError:
-            return  # not empty (or already gone): keep it and its parents
-
-
 SMALL_HIDDEN = 256  # at or below this width a CPU step is too short to share between threads
 
 
@@ -356,8 +328,11 @@ def train_ensemble(
         raise FmauditError("--out: empty path (name an output folder)")
     out = Path(out_dir).expanduser().absolute()
     resolve_mixed_precision(mixed_precision)  # validate before any work
-    created = _check_out(out)
-    try:
+    if out.exists() and not out.is_dir():
+        raise FmauditError(f"--out {out}: is a file, not a folder (choose another --out)")
+    # OUT is claimed (its run file written) only once the data is known to be usable; a failed
+    # start leaves no empty OUT that would make the corrected command look like another run
+    with output_dir(out, "--out"):
         corpus = open_corpus(corpus_path, corpus_options)
         recipe = resolve_tokenizer(recipe, corpus.kind)
         identity = mf.run_identity(recipe, corpus.summary(), vary)
@@ -371,11 +346,6 @@ def train_ensemble(
         data = prepare_data(corpus, recipe, tile_max_tokens=tile_max_tokens)
         if world > 1:
             _check_same_on_every_process(data)
-    except BaseException:
-        _remove_created(created)  # a failed start leaves no empty OUT behind
-        raise
-    # OUT is claimed only once the data is known to be usable: a failed start leaves no trace
-    # that would make the corrected command look like a different run.
     if accelerator.is_main_process:
         if not continuing:
             mf.clear_run(out)
