@@ -84,6 +84,31 @@ def test_auto_dtype_is_bf16_autocast_and_close_to_float32(tmp_path, genome, fami
     assert js16[1.0] == pytest.approx(js32[1.0], rel=5e-2)
     # static embeddings come from the weights, not from the autocast forward
     assert e16["static_embeddings"] == e32["static_embeddings"]
+    # the Fisher pass runs its batched backward in TF32 when bf16 is asked for
+    for group, share in e32["fisher"]["share"].items():
+        assert e16["fisher"]["share"][group]["mean"] == pytest.approx(share["mean"], abs=1e-2)
+
+
+def test_fisher_in_bf16_keeps_the_batched_backward(monkeypatch):
+    """Expanded weights fail under autocast; the bf16 Fisher pass must not fall back to one
+    backward per window (it did: 17.6x a forward + backward on an H200)."""
+    import fmaudit.passes.fisher as fisher
+    from fmaudit.passes.eval_data import batches
+    from fmaudit.tokenizer import build_tokenizer
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("fell back to one backward per window")
+
+    monkeypatch.setattr(fisher, "_squared_grads_loop", no_fallback)
+    tok = build_tokenizer("kmer:3")
+    model = tiny_model("bert", len(tok), 0, tok=tok)
+    data = list(batches([random_dna(90, i) for i in range(8)], tok, SEQ, "mlm", 0, 0.15, 4))
+    cuda = torch.device("cuda")
+    half = fisher.run_fisher_pass(model, data, device=cuda, dtype=torch.bfloat16)
+    full = fisher.run_fisher_pass(model, data, device=cuda)
+    assert half.tokens == full.tokens > 0
+    for group in full.sums:
+        assert half.sums[group] == pytest.approx(full.sums[group], rel=1e-2, abs=1e-12)
 
 
 def _syncs(fn) -> Counter:
