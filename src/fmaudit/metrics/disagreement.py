@@ -8,8 +8,9 @@ not depend on the number of positions, and merges across processes like every ac
 Two implementations of the same formulas feed the accumulator:
 
 * dense (accelerators, and the one-shot functions): every member truncated at every level as a
-  full ``[N, V]`` tensor, every pair and level one pass over ``[N, V]``; no host
-  synchronisation.
+  full ``[N, V]`` tensor, every pair and level a few passes over ``[N, V]``; on an accelerator
+  the pair's divergence is the exact ratio form for every row (:func:`_js_divergence_ratio_bits`),
+  so nothing waits for the host.
 * sparse (CPU): a member's truncation at all levels is one sort of the probability VALUES and
   a per-row threshold per level (``entry[v]`` = the first level that keeps token v); a pair's
   JS divergence at level c needs logarithms only on the tokens BOTH members keep there
