@@ -109,13 +109,13 @@ def audit_child(args: dict, queue: Any) -> None:
                     with autocast(device, dtype):
                         m(input_ids=b.input_ids, attention_mask=mask)
 
-    def audit() -> None:
-        run_prediction_pass(models, [str(i) for i in range(len(models))], cpu_data, len(tok),
+    def audit(batches: list[Any] = cpu_data) -> None:
+        run_prediction_pass(models, [str(i) for i in range(len(models))], batches, len(tok),
                             [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
                             "nucleus", device, dtype)
 
-    def bare_backward() -> None:
-        for b in fisher_data:
+    def bare_backward(batches: list[Any] = fisher_data) -> None:
+        for b in batches:
             rows, cols, lab = pick_targets(b, 0)
             for m in models:
                 m.zero_grad(set_to_none=True)
@@ -125,11 +125,15 @@ def audit_child(args: dict, queue: Any) -> None:
                     logits[rows.to(device), cols.to(device)].float(), b.labels[lab.to(device)])
                 loss.backward()
 
-    def fisher() -> None:
+    def fisher(batches: list[Any] = fisher_data) -> None:
         for m in models:
-            run_fisher_pass(m, fisher_data, device=device, dtype=dtype)
+            run_fisher_pass(m, batches, device=device, dtype=dtype)
 
-    bare_forward()  # warm-up (allocator, kernels)
+    # warm-ups (allocator, kernels, lazy initialisation), each step on its first batch
+    bare_forward()
+    audit(cpu_data[:1])
+    bare_backward(fisher_data[:1])
+    fisher(fisher_data[:1])
     result = {
         "samples": args["samples"],
         "positions": int(sum(b.labels.numel() for b in data)),
@@ -140,6 +144,16 @@ def audit_child(args: dict, queue: Any) -> None:
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if args["fused_js"]:
+        # (b) again with the fused top-p JS kernel (instead of the per-level dense path on a
+        # GPU, of the sparse path on the CPU); compiling it is its warm-up
+        from fmaudit.metrics import disagreement
+
+        disagreement._FUSED_DEVICES, disagreement._SPARSE_ON_CPU = (device.type,), False
+        result["fused_js_warmup_s"] = _timed(lambda: audit(cpu_data[:1]), device)
+        result["fused_js_compiled"] = disagreement._compiled.get(device.type) is not None
+        result["b_audit_fused_js_s"] = _timed(audit, device)
+        disagreement._FUSED_DEVICES, disagreement._SPARSE_ON_CPU = (), True
     result |= {
         "c_forward_backward_s": _timed(bare_backward, device),
         "d_fisher_s": _timed(fisher, device),
@@ -217,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-recipe", default="tiny")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--fused-js", action="store_true",
+                        help="also time (b) with the fused top-p JS kernel (torch.compile)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.samples.split(",")]
@@ -230,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             "size": args.size, "members": args.members, "samples": samples,
             "seq_len": args.seq_len, "batch_size": args.batch_size,
             "fisher_windows": args.fisher_windows, "device": args.device, "bf16": args.bf16,
-            "threads": args.threads, "peak_flops": peak}, queue))
+            "threads": args.threads, "peak_flops": peak, "fused_js": args.fused_js}, queue))
         child.start()
         result = _result_of(child, queue)
         child.join()
@@ -246,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_fisher_over_backward": [r["d_fisher_s"] / r["c_forward_backward_s"]
                                        for r in runs],
         "peak_rss_growth": runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"] - 1.0,
+        "ratio_audit_fused_js_over_forward": [r["b_audit_fused_js_s"] / r["a_forward_s"]
+                                              for r in runs if "b_audit_fused_js_s" in r],
         "static_shape": [static_vocab, static_hidden],
         "static_embeddings_s": static_embeddings(args.members, static_vocab, static_hidden),
     }
@@ -270,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
                if r["audit_mfu"] is not None else "")
         print(f"{r['samples']} samples: audit {r['audit_tokens_per_s']:,.0f} tokens/s, Fisher "
               f"{r['fisher_tokens_per_s']:,.0f} tokens/s{mfu}")
+    for r in runs:
+        if "b_audit_fused_js_s" in r:
+            print(f"{r['samples']} samples, fused top-p JS kernel"
+                  f"{'' if r['fused_js_compiled'] else ' (NOT compiled: fell back)'}: audit "
+                  f"{r['b_audit_fused_js_s']:.3f} s, b/a "
+                  f"{r['b_audit_fused_js_s'] / r['a_forward_s']:.2f} (compiling: "
+                  f"{r['fused_js_warmup_s']:.1f} s)")
     print(f"(e) static-embedding metrics, {args.members} members x {static_vocab} x "
           f"{static_hidden}: {out['static_embeddings_s']:.2f} s")
     tr = out.get("training")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks behind the README's "On a GPU" figures, in one go (about 5 minutes on an H100):
-# the CUDA tests, the bert-90m audit benchmark and the bert-90m training comparison. Each step
+# the CUDA tests, the bert-90m audit benchmark (also timing the audit with the fused top-p JS
+# kernel, --fused-js) and the bert-90m training comparison. Each step
 # writes its output into OUT as it finishes, so a step that overruns keeps the earlier ones.
 #
 #   bash benchmarks/gpu_checks.sh OUT [STEPS]     # STEPS: any of cuda,audit,train (default all)
@@ -29,8 +30,8 @@ if [[ $steps == *cuda* ]]; then
 fi
 if [[ $steps == *audit* ]]; then
   log "audit benchmark, bert-90m"
-  timeout 240 "$py" benchmarks/audit_bench.py --size bert-90m --members 5 --samples 256,1024 \
-    --seq-len 512 --batch-size 32 --fisher-windows 64 --bf16 --skip-training --json \
+  timeout 300 "$py" benchmarks/audit_bench.py --size bert-90m --members 5 --samples 256,1024 \
+    --seq-len 512 --batch-size 32 --fisher-windows 64 --bf16 --skip-training --fused-js --json \
     > "$out/audit_bench.json" 2> "$out/audit_bench.err"
   log "audit benchmark: exit $?"
 fi

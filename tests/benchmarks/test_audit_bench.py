@@ -5,6 +5,8 @@ of evaluated windows grows 4x."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from tests.cliutil import child_env
 
 ROOT = Path(__file__).parents[2]
+HAVE_COMPILER = shutil.which(os.environ.get("CXX", "g++")) is not None  # torch.compile on CPU
 pytestmark = pytest.mark.slow
 
 
@@ -21,7 +24,8 @@ def test_benchmark_small_form_and_flat_memory():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "audit_bench.py"), "--size", "tiny",
          "--members", "2", "--samples", "16,64", "--seq-len", "64", "--fisher-windows", "8",
-         "--train-steps", "8", "--static-shape", "300x32", "--peak-tflops", "50", "--json"],
+         "--train-steps", "8", "--static-shape", "300x32", "--peak-tflops", "50", "--fused-js",
+         "--json"],
         capture_output=True, text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -33,6 +37,10 @@ def test_benchmark_small_form_and_flat_memory():
         assert run["a_forward_s"] > 0 and run["d_fisher_s"] > 0
         # model FLOPs over a 50 TFLOP/s peak: a positive share, far below 1 on two CPU cores
         assert 0 < run["audit_mfu"] < 0.5 and 0 < run["fisher_mfu"] < 0.5
+        # (b) again through the compiled fused top-p JS kernel (inductor's C++ backend here)
+        assert run["fused_js_compiled"] is HAVE_COMPILER and run["b_audit_fused_js_s"] > 0
+    assert out["ratio_audit_fused_js_over_forward"] == pytest.approx(
+        [r["b_audit_fused_js_s"] / r["a_forward_s"] for r in out["runs"]])
     assert out["static_embeddings_s"] > 0 and out["static_shape"] == [300, 32]
     training = out["training"]
     assert training["ratio"] == pytest.approx(training["fmaudit_tokens_per_s"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -343,3 +345,119 @@ def test_ratio_form_equals_scipy(case):
     expected = np.array([jensenshannon(a, b, base=2) ** 2
                          for a, b in zip(p.numpy(), q.numpy(), strict=True)])
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9, atol=1e-15)
+
+
+# -- the fused path (opt-in on CUDA), run on the CPU ---------------------------------------
+def five_members() -> list:
+    members = [tricky_logits(40, 23, seed) for seed in (1, 2, 3)]
+    members.append(members[0].clone())  # identical to member 0
+    members.append(members[1] * (1 + 1e-7))  # nearly identical to member 1
+    return members
+
+
+def accumulate_fused(members, top_ps, rule, monkeypatch, compiled=False):
+    """The accumulator with the fused path on the CPU; fails unless that path ran."""
+    monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ("cpu",))
+    monkeypatch.setattr(disagreement, "_COMPILE_FUSED", compiled)
+    monkeypatch.setattr(disagreement, "_compiled", {})
+    calls = []
+    eager = disagreement._fused_pair_js
+
+    def counted(*args):
+        calls.append(1)
+        return eager(*args)
+
+    if not compiled:
+        monkeypatch.setattr(disagreement, "_fused_pair_js", counted)
+    acc = accumulate(members, top_ps, rule, False, monkeypatch)
+    assert disagreement._compiled["cpu"] is not None, "the fused path fell back"
+    if not compiled:
+        assert len(calls) == len(acc.pairs)  # one call per pair, every level in it
+    return acc
+
+
+def assert_means_close(got, expected):
+    """Per pair and level the mean JS distance to 1e-10, or to 2e-8 absolute: rows that are
+    equal (or nearly) after truncation but normalised from different rows can differ by an ulp
+    in each entry, which moves their divergence by ~1e-16 and, through the square root, their
+    distance by up to ~1e-8 (sqrt(a) - sqrt(b) <= sqrt(a - b)); the paths normalise in
+    different orders. Top-1 agreement counts are exact."""
+    got_means, expected_means = got.pair_means(), expected.pair_means()
+    assert got_means["argmax_agreement"] == expected_means["argmax_agreement"]
+    np.testing.assert_allclose(got_means["js_distance"], expected_means["js_distance"],
+                               rtol=1e-10, atol=2e-8)
+
+
+@pytest.mark.parametrize("rule", ["nucleus", "paper"])
+@pytest.mark.parametrize("top_ps", [[0.05, 0.1, 0.3, 0.5, 0.9, 1.0], [0.7, 0.05, 0.3, 0.3]])
+def test_fused_path_equals_sparse_path(rule, top_ps, monkeypatch):
+    members = five_members()
+    sparse = accumulate(members, top_ps, rule, True, monkeypatch)
+    fused = accumulate_fused(members, top_ps, rule, monkeypatch)
+    assert_means_close(fused, sparse)
+    assert fused.pair_means()["js_distance"][fused.pairs.index((0, 3))] == [0.0] * len(top_ps)
+
+
+@pytest.mark.parametrize("rule", ["nucleus", "paper"])
+def test_device_levels_reproduce_dense_truncation(rule):
+    """Levels in any order (here unsorted, with a repeat): the entry places and kept masses
+    give exactly the dense path's truncated rows."""
+    logits = tricky_logits(24, 17, seed=4)
+    levels = [0.8, 0.05, 1.0, 0.5, 0.5, 0.2]
+    chunk = disagreement._Chunk(logits)
+    member = disagreement._device_levels(chunk.probs, levels, rule)
+    place, _ = disagreement._ascending_places(levels)
+    for c, p in enumerate(levels):
+        kept = member.entry <= place[c]
+        ours = torch.where(kept, member.probs, 0.0) / member.mass[:, c : c + 1]
+        expected = truncate_top_p(chunk.probs, p, rule)
+        assert torch.equal(ours > 0, expected > 0), p
+        torch.testing.assert_close(ours, expected, rtol=1e-13, atol=0)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_fused_kernel_equals_eager(monkeypatch):
+    """The kernel torch.compile makes of the fused function (inductor's C++ backend here,
+    Triton on a GPU) sums the same as the eager function."""
+    members = five_members()
+    top_ps = [0.7, 0.05, 0.3, 1.0]
+    eager = accumulate_fused(members, top_ps, "nucleus", monkeypatch)
+    compiled = accumulate_fused(members, top_ps, "nucleus", monkeypatch, compiled=True)
+    assert_means_close(compiled, eager)
+
+
+def test_fused_path_falls_back_when_compilation_fails(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no working compiler\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ("cpu",))
+    monkeypatch.setattr(disagreement, "_compiled", {})
+    members = five_members()
+    with pytest.warns(RuntimeWarning, match="fused top-p JS kernel is unavailable on cpu "
+                                            r"\(RuntimeError: no working compiler\)"):
+        fallback = accumulate(members, [0.1, 1.0], "nucleus", False, monkeypatch)
+    monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ())
+    dense = accumulate(members, [0.1, 1.0], "nucleus", False, monkeypatch)
+    assert torch.equal(fallback.sums(), dense.sums())
+    assert disagreement._compiled == {"cpu": None}  # tried once per process, not per batch
+
+
+def test_fused_path_falls_back_when_a_later_call_fails(monkeypatch):
+    """A kernel that compiled but fails later (say, recompiling for a new shape) costs speed,
+    not the run: that chunk and the rest go through the per-level path, counted once."""
+    def failing(*args):
+        raise RuntimeError("recompilation failed")
+
+    monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ("cpu",))
+    monkeypatch.setattr(disagreement, "_COMPILE_FUSED", False)
+    monkeypatch.setattr(disagreement, "_compiled", {})
+    monkeypatch.setattr(disagreement, "_fused_pair_js", failing)
+    members = five_members()
+    with pytest.warns(RuntimeWarning, match="recompilation failed"):
+        fallback = accumulate(members, [0.1, 1.0], "nucleus", False, monkeypatch)
+    assert disagreement._compiled == {"cpu": None}
+    monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ())
+    dense = accumulate(members, [0.1, 1.0], "nucleus", False, monkeypatch)
+    assert torch.equal(fallback.sums(), dense.sums())

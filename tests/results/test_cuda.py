@@ -125,11 +125,14 @@ def _syncs(fn) -> Counter:
     return Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
 
 
-def test_prediction_pass_adds_no_sync_per_batch():
+@pytest.mark.parametrize("fused", [False, True], ids=["per-level-js", "fused-js"])
+def test_prediction_pass_adds_no_sync_per_batch(fused, monkeypatch):
+    from fmaudit.metrics import disagreement
     from fmaudit.passes.eval_data import batches
     from fmaudit.passes.predictions import run_prediction_pass
     from fmaudit.tokenizer import build_tokenizer
 
+    monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ("cuda",) if fused else ())
     tok = build_tokenizer("kmer:3")
     device = torch.device("cuda")
     models = [tiny_model("bert", len(tok), s, tok=tok).to(device) for s in range(3)]
@@ -147,7 +150,8 @@ def test_prediction_pass_adds_no_sync_per_batch():
                 for m in models:
                     m(input_ids=b.input_ids, attention_mask=b.attention_mask)
 
-    audit(2)  # warm-up: first-use allocations and lazy initialisation
+    audit(2)  # warm-up: first-use allocations, lazy initialisation, compiling the fused JS
+    assert disagreement._compiled.get("cuda") is not None or not fused
     forward(2)
     audit_growth = _syncs(lambda: audit(8))
     audit_growth.subtract(_syncs(lambda: audit(2)))
@@ -175,3 +179,24 @@ def test_train_on_cuda_defaults_to_bf16_and_audits_on_cpu(tmp_path, genome, caps
     rep = _audit([str(out / "seed0"), str(out / "seed1")], genome, tmp_path / "rep", capsys,
                  "--device", "cpu", samples=4)
     assert rep["ensembles"]["model"]["entropy"]["normalized"]["mean"] < 1.0
+
+
+def test_fused_js_on_cuda_equals_the_cpu_sparse_path(monkeypatch):
+    """The Triton kernel torch.compile makes of the fused top-p JS gives the CPU's sums."""
+    from fmaudit.metrics import DisagreementAccumulator, disagreement
+
+    gen = torch.Generator().manual_seed(3)
+    members = [torch.randn(300, 257, generator=gen) * 3 for _ in range(4)]
+    members.append(members[0].clone())  # identical to member 0: JS exactly 0
+    top_ps = [0.9, 0.05, 0.3, 0.5, 1.0]
+    cpu = DisagreementAccumulator(len(members), top_ps)
+    cpu.update(members)
+    monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ("cuda",))
+    gpu = DisagreementAccumulator(len(members), top_ps)
+    gpu.update([m.cuda() for m in members])
+    assert disagreement._compiled["cuda"] is not None, "torch.compile fell back"
+    got, expected = gpu.pair_means(), cpu.pair_means()
+    assert got["argmax_agreement"] == expected["argmax_agreement"]
+    torch.testing.assert_close(torch.tensor(got["js_distance"]),
+                               torch.tensor(expected["js_distance"]), rtol=1e-10, atol=2e-8)
+    assert got["js_distance"][gpu.pairs.index((0, 4))] == [0.0] * len(top_ps)

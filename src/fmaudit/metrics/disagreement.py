@@ -16,13 +16,17 @@ Two implementations of the same formulas feed the accumulator:
   JS divergence at level c needs logarithms only on the tokens BOTH members keep there
   (:func:`_pair_js_bits_sparse`): for unrelated members about ``sum_c p_c^2`` of the
   vocabulary, at most ``sum_c p_c``, instead of all of it at every level.
+* fused (opt-in on CUDA, ``_FUSED_DEVICES``): the dense arithmetic with every level of a pair in
+  one ``torch.compile`` kernel (:func:`_fused_pair_js`) that reads each member's row and a
+  uint8 entry level once, instead of ~9 passes per level and pair.
 
-Tests run both on the same data and require equal sums (``tests/metrics``).
+Tests run them on the same data and require equal sums (``tests/metrics``).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -92,6 +96,7 @@ class _Sorted(NamedTuple):
     probs: torch.Tensor  # float64 [N, V]
     rank: torch.Tensor  # long [N, V]: each token's position in the descending order
     cum: torch.Tensor  # float64 [N, V]: inclusive cumulative mass / row total, in that order
+    mass: torch.Tensor  # float64 [N, V]: inclusive cumulative mass (not divided), in that order
 
 
 def _stable_sort_desc(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,11 +124,11 @@ def _sort_desc(probs64: torch.Tensor) -> _Sorted:
     """
     n, vocab = probs64.shape
     sorted_p, order = _stable_sort_desc(probs64)
-    cum = sorted_p.cumsum(dim=-1)
-    cum /= cum[:, -1:].clone()
+    mass = sorted_p.cumsum(dim=-1)
+    cum = mass / mass[:, -1:]
     positions = torch.arange(vocab, device=probs64.device).expand(n, vocab)
     rank = torch.empty_like(order).scatter_(1, order, positions)
-    return _Sorted(probs64, rank, cum)
+    return _Sorted(probs64, rank, cum, mass)
 
 
 def _kept_counts(cum: torch.Tensor, p: float, rule: str) -> torch.Tensor:
@@ -286,6 +291,117 @@ def argmax_agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Te
         raise ValueError(f"logits must both be [N, V], got {tuple(logits_a.shape)} and "
                          f"{tuple(logits_b.shape)}")
     return logits_a.argmax(dim=-1) == logits_b.argmax(dim=-1).to(logits_a.device)
+
+
+# -- fused accelerator path --------------------------------------------------------------------
+class _DeviceLevels(NamedTuple):
+    """One member's chunk truncated at every level, on its device, for :func:`_fused_pair_js`."""
+
+    probs: torch.Tensor  # float64 [n, V]
+    entry: torch.Tensor  # uint8 [n, V]: place in ascending order of the first level keeping v
+    mass: torch.Tensor  # float64 [n, L]: kept mass Z_c, levels in the order given
+
+
+def _device_levels(probs: torch.Tensor, levels: Sequence[float], rule: str) -> _DeviceLevels:
+    """Truncate one member's rows at all ``levels`` (any order) from one stable sort.
+
+    Level c keeps the first ``k_c`` tokens of the sorted row (:func:`_kept_counts`); in
+    ascending order of p the counts do not decrease, so token v (sorted position ``rank_v``)
+    is kept from the ascending place ``entry_v = #{c: k_c <= rank_v}`` on: one
+    ``searchsorted`` per member, no host sync. ``Z_c`` is the cumulative mass at ``k_c - 1``
+    (a single kept token: exactly its value, so its truncated row is exactly 1, as in
+    :func:`_truncate_sorted`, and two such rows have JS exactly 0).
+    """
+    s = _sort_desc(probs)
+    counts = [_kept_counts(s.cum, p, rule) for p in levels]
+    ascending = torch.stack([counts[c] for c in _ascending_places(levels)[1]], dim=1)
+    entry = torch.searchsorted(ascending, s.rank, right=True).to(torch.uint8)
+    return _DeviceLevels(probs, entry, s.mass.gather(1, torch.stack(counts, dim=1) - 1))
+
+
+def _ascending_places(levels: Sequence[float]) -> tuple[list[int], list[int]]:
+    """``(place, order)``: ``order`` lists the levels' indices in ascending order of p (stable)
+    and ``place[c]`` is level c's position in it."""
+    order = sorted(range(len(levels)), key=lambda c: levels[c])
+    place = [0] * len(levels)
+    for rank, c in enumerate(order):
+        place[c] = rank
+    return place, order
+
+
+def _fused_pair_js(
+    p: torch.Tensor,
+    entry_p: torch.Tensor,
+    mass_p: torch.Tensor,
+    q: torch.Tensor,
+    entry_q: torch.Tensor,
+    mass_q: torch.Tensor,
+    place: torch.Tensor,
+) -> torch.Tensor:
+    """``sum_n sqrt(clamp(JSD_2(p'_c, q'_c), 0, 1))`` per level, float64 ``[L]``.
+
+    ``p'_c = [entry_p <= place_c] p / Z_p,c`` (likewise ``q'_c``; see :func:`_device_levels`,
+    ``place``: uint8 ``[L]`` from :func:`_ascending_places`) and the divergence in
+    the ratio form of :func:`_js_divergence_ratio_bits` (scipy's ``rel_entr`` arithmetic).
+    Written over ``[n, L, V]`` broadcasts: compiled (:func:`_compiled_pair_js`), every level
+    and the row sum become one pass that reads p, q and their entries once per pair; eager,
+    the temporaries are ``[n, L, V]`` (tests only).
+    """
+    level = place.view(1, -1, 1)
+    # divide (not multiply by 1 / Z): a lone kept token becomes exactly 1, as in the dense path
+    pc = torch.where(entry_p.unsqueeze(1) <= level, p.unsqueeze(1) / mass_p.unsqueeze(2), 0.0)
+    qc = torch.where(entry_q.unsqueeze(1) <= level, q.unsqueeze(1) / mass_q.unsqueeze(2), 0.0)
+    mid = ((pc + qc) * 0.5).clamp_min(torch.finfo(torch.float64).tiny)
+    # the two sums apart, as _js_divergence_ratio_bits (the same rounding where JS ~ 0)
+    kl_p = torch.xlogy(pc, pc / mid).sum(dim=-1)
+    kl_q = torch.xlogy(qc, qc / mid).sum(dim=-1)
+    jsd = 0.5 * (kl_p + kl_q) / LN2  # [n, L]
+    return jsd.clamp(0.0, 1.0).sqrt().sum(dim=0)
+
+
+# Device types that take the fused path, through torch.compile (Triton on CUDA). Empty until a
+# GPU run shows it faster than the per-level path (`benchmarks/audit_bench.py --fused-js` sets
+# ("cuda",)); on the CPU the sparse path is ~4x faster than either dense form. Tests add "cpu"
+# (inductor's C++ backend) and may switch compilation off to run the same function eagerly.
+_FUSED_DEVICES: tuple[str, ...] = ()
+_COMPILE_FUSED = True
+_compiled: dict[str, object] = {}  # device type -> the function to call, or None: unavailable
+
+
+def _compiled_pair_js(device_type: str):
+    """:func:`_fused_pair_js` compiled for ``device_type`` (once per process), or ``None``
+    when it cannot be used there (then the per-level dense path runs)."""
+    if device_type not in _FUSED_DEVICES:
+        return None
+    if device_type not in _compiled:
+        _compiled[device_type] = _try_compile(device_type) if _COMPILE_FUSED else _fused_pair_js
+    return _compiled[device_type]
+
+
+def _try_compile(device_type: str):
+    """Compile :func:`_fused_pair_js` and check it on a small input against the eager
+    function (so a broken toolchain shows here, once, not as wrong sums)."""
+    try:
+        fn = torch.compile(_fused_pair_js, dynamic=True)
+        gen = torch.Generator().manual_seed(0)
+        probs = torch.rand(3, 7, generator=gen, dtype=torch.float64).to(device_type)
+        a = _device_levels(probs / probs.sum(dim=-1, keepdim=True), [0.5, 1.0], "nucleus")
+        b = _device_levels(probs.flip(1) / probs.sum(dim=-1, keepdim=True), [0.5, 1.0], "nucleus")
+        place = torch.arange(2, dtype=torch.uint8, device=probs.device)
+        got, expected = fn(*a, *b, place), _fused_pair_js(*a, *b, place)
+        if not torch.allclose(got, expected, rtol=1e-12, atol=1e-15):
+            raise RuntimeError(f"compiled result {got.tolist()} != eager {expected.tolist()}")
+        return fn
+    except Exception as exc:  # any compiler failure: fall back, and say so once
+        _warn_unfused(device_type, exc)
+        return None
+
+
+def _warn_unfused(device_type: str, exc: Exception) -> None:
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    warnings.warn(f"the fused top-p JS kernel is unavailable on {device_type} "
+                  f"({type(exc).__name__}: {first_line}); using the slower unfused path",
+                  RuntimeWarning, stacklevel=3)
 
 
 # -- sparse CPU path ---------------------------------------------------------------------------
@@ -518,9 +634,10 @@ class DisagreementAccumulator(SumAccumulator):
         self.rule = rule
         self.top_ps = tuple(_check_p(p, rule) for p in top_ps)
         # the sparse path wants ascending levels; _level_order[c] = position of level c in top_ps
-        self._level_order = sorted(range(len(self.top_ps)), key=lambda c: self.top_ps[c])
+        self._level_place, self._level_order = _ascending_places(self.top_ps)
         self.pairs = pair_indices(self.n_members)
         self._workspace: _Workspace | None = None  # sparse-path buffers, built on first use
+        self._places: dict[torch.device, torch.Tensor] = {}  # fused path, per device
         n_pairs, n_ps = len(self.pairs), len(self.top_ps)
         super().__init__(1 + n_pairs * n_ps + n_pairs + 1)
 
@@ -584,6 +701,22 @@ class DisagreementAccumulator(SumAccumulator):
         if not self.pairs:
             return
         _, js, _, _ = self._views(batch)
+        device = chunks[0].probs.device
+        fused = _compiled_pair_js(device.type) if len(self.top_ps) < 255 else None  # uint8
+        if fused is not None:  # one sort per member, then one compiled pass per pair
+            members = [_device_levels(c.probs, self.top_ps, self.rule) for c in chunks]
+            place = self._place_on(device)
+            try:  # a recompilation (new shape) can still fail: then this chunk goes unfused
+                sums = [fused(*members[i], *members[j], place) for i, j in self.pairs]
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                _compiled[device.type] = None
+                _warn_unfused(device.type, exc)
+            else:
+                for k, pair_sums in enumerate(sums):
+                    js[k] += pair_sums
+                return
         sorted_rows = [_sort_desc(c.probs) for c in chunks]  # one sort per member per chunk
         ratio_form = chunks[0].probs.device.type != "cpu" or _RATIO_FORM_ON_CPU
         buffers = (torch.empty_like(chunks[0].probs), torch.empty_like(chunks[0].probs))
@@ -597,6 +730,12 @@ class DisagreementAccumulator(SumAccumulator):
                            if neg_h is not None
                            else _js_divergence_ratio_bits(trunc[i], trunc[j], buffers))
                 js[k, c] += js_bits.clamp(0.0, 1.0).sqrt().sum()
+
+    def _place_on(self, device: torch.device) -> torch.Tensor:
+        """uint8 ``[L]`` on ``device``: each level's place in ascending order (copied once)."""
+        if device not in self._places:
+            self._places[device] = torch.tensor(self._level_place, dtype=torch.uint8).to(device)
+        return self._places[device]
 
     def _add_chunk_sparse(self, chunks: Sequence[_Chunk], batch: torch.Tensor) -> None:
         """The sparse CPU path (:func:`_member_levels`, :func:`_pair_js_bits_sparse`)."""
