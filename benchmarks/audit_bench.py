@@ -154,6 +154,16 @@ def audit_child(args: dict, queue: Any) -> None:
         result["fused_js_compiled"] = disagreement._compiled.get(device.type) is not None
         result["b_audit_fused_js_s"] = _timed(audit, device)
         disagreement._FUSED_DEVICES, disagreement._SPARSE_ON_CPU = (), True
+    if args["profile"]:  # where the audit's time goes, by operator (device time on a GPU)
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        with profile(activities=activities) as prof:
+            audit(cpu_data[: args["profile"]])
+        sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        result["profile"] = prof.key_averages().table(sort_by=sort_by, row_limit=25)
     result |= {
         "c_forward_backward_s": _timed(bare_backward, device),
         "d_fisher_s": _timed(fisher, device),
@@ -231,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-recipe", default="tiny")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--profile", type=int, default=0, metavar="BATCHES",
+                        help="profile the audit over this many batches (first --samples size) "
+                             "and print the operators that take the most time")
     parser.add_argument("--fused-js", action="store_true",
                         help="also time (b) with the fused top-p JS kernel (torch.compile)")
     parser.add_argument("--json", action="store_true")
@@ -246,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             "size": args.size, "members": args.members, "samples": samples,
             "seq_len": args.seq_len, "batch_size": args.batch_size,
             "fisher_windows": args.fisher_windows, "device": args.device, "bf16": args.bf16,
-            "threads": args.threads, "peak_flops": peak, "fused_js": args.fused_js}, queue))
+            "threads": args.threads, "peak_flops": peak, "fused_js": args.fused_js,
+            "profile": args.profile if samples == sizes[0] else 0}, queue))
         child.start()
         result = _result_of(child, queue)
         child.join()
@@ -271,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         out["training"] = training(args.train_recipe, args.train_steps, peak)
     if args.json:
         print(json.dumps(out, indent=2))
+        if "profile" in runs[0]:  # readable beside the JSON
+            print(f"profile of the audit, {args.profile} batches:\n{runs[0]['profile']}",
+                  file=sys.stderr)
         return 0
     from tabulate import tabulate
 
@@ -295,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['b_audit_fused_js_s']:.3f} s, b/a "
                   f"{r['b_audit_fused_js_s'] / r['a_forward_s']:.2f} (compiling: "
                   f"{r['fused_js_warmup_s']:.1f} s)")
+    if "profile" in runs[0]:
+        print(f"profile of the audit, {args.profile} batches:\n{runs[0]['profile']}")
     print(f"(e) static-embedding metrics, {args.members} members x {static_vocab} x "
           f"{static_hidden}: {out['static_embeddings_s']:.2f} s")
     tr = out.get("training")

@@ -25,7 +25,7 @@ def test_benchmark_small_form_and_flat_memory():
         [sys.executable, str(ROOT / "benchmarks" / "audit_bench.py"), "--size", "tiny",
          "--members", "2", "--samples", "16,64", "--seq-len", "64", "--fisher-windows", "8",
          "--train-steps", "8", "--static-shape", "300x32", "--peak-tflops", "50", "--fused-js",
-         "--json"],
+         "--profile", "1", "--json"],
         capture_output=True, text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -39,6 +39,7 @@ def test_benchmark_small_form_and_flat_memory():
         assert 0 < run["audit_mfu"] < 0.5 and 0 < run["fisher_mfu"] < 0.5
         # (b) again through the compiled fused top-p JS kernel (inductor's C++ backend here)
         assert run["fused_js_compiled"] is HAVE_COMPILER and run["b_audit_fused_js_s"] > 0
+    assert "aten::" in small["profile"] and "profile" not in large  # the first size only
     assert out["ratio_audit_fused_js_over_forward"] == pytest.approx(
         [r["b_audit_fused_js_s"] / r["a_forward_s"] for r in out["runs"]])
     assert out["static_embeddings_s"] > 0 and out["static_shape"] == [300, 32]
