@@ -3,12 +3,15 @@
 
 - float32 on the GPU gives the CPU's report (same windows, masks and Fisher targets);
 - ``--dtype auto`` is bf16 autocast there, recorded in the report and close to float32;
-- the prediction pass adds no host synchronisation per batch to the models' own forwards;
+- the prediction pass adds no host synchronisation per batch to the models' own forwards, and
+  the Fisher pass none in fmaudit's code; the fused top-p JS kernel compiles and gives the
+  CPU's sums;
 - ``fmaudit train`` on the GPU defaults to bf16, and its checkpoints load and audit on the CPU.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import warnings
@@ -163,6 +166,33 @@ def test_prediction_pass_adds_no_sync_per_batch(fused, monkeypatch):
     ours = {k: v for k, v in audit_growth.items() if "/fmaudit/" in k and v}
     assert not ours, (ours, audit_growth)
     assert audit_growth.total() <= model_growth.total(), (audit_growth, model_growth)
+
+
+@pytest.mark.parametrize("labels", ["empirical", "sampled"])
+def test_fisher_pass_adds_no_sync_per_batch_in_fmaudit(labels):
+    """Targets are picked on the host and the chosen windows sent without waiting; sampled
+    labels draw on the host by design (seeded per window), so that one read is allowed."""
+    from fmaudit.passes.eval_data import batches
+    from fmaudit.passes.fisher import run_fisher_pass, sample_labels
+    from fmaudit.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("kmer:3")
+    device = torch.device("cuda")
+    model = tiny_model("bert", len(tok), 0, tok=tok).to(device)
+    texts = [random_dna(90, i) for i in range(32)]
+    data = {n: list(batches(texts[: 4 * n], tok, SEQ, "mlm", 0, 0.15, 4)) for n in (2, 8)}
+
+    def fisher(n: int) -> None:
+        run_fisher_pass(model, data[n], labels=labels, device=device)
+
+    fisher(2)  # warm-up
+    growth = _syncs(lambda: fisher(8))
+    growth.subtract(_syncs(lambda: fisher(2)))
+    lines, first = inspect.getsourcelines(sample_labels)
+    drawing = {f"{inspect.getsourcefile(sample_labels)}:{first + i}" for i in range(len(lines))}
+    ours = {k: v for k, v in growth.items() if "/fmaudit/" in k and v > 0
+            and not (labels == "sampled" and k in drawing)}
+    assert not ours, (ours, growth)
 
 
 def test_train_on_cuda_defaults_to_bf16_and_audits_on_cpu(tmp_path, genome, capsys):

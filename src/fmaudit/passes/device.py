@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+_Movable = TypeVar("_Movable")  # a tensor, or a batch with pin_memory() and to()
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -14,6 +16,15 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     if dtype is None or dtype == torch.float32 or device.type == "cpu":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def to_device(x: _Movable, device: torch.device) -> _Movable:
+    """``x`` on ``device`` without making the host wait: to a CUDA device from page-locked
+    memory with ``non_blocking=True`` (the copy is queued on the stream ahead of the kernels
+    that read it); elsewhere a plain ``.to(device)`` (a no-op when it is there already)."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from fmaudit.models.groups import (
     ordered_groups,
     untie_output_weight,
 )
-from fmaudit.passes.device import autocast, reduced_precision_matmuls
+from fmaudit.passes.device import autocast, reduced_precision_matmuls, to_device
 from fmaudit.passes.distributed import all_reduce_sum
 from fmaudit.passes.eval_data import EvalBatch
 from fmaudit.passes.masking import window_generator
@@ -130,26 +130,26 @@ def run_fisher_pass(model: Any, batches: Iterable[EvalBatch], *, estimator: str 
     sums_tied: dict[str, torch.Tensor] | None = {} if tied else None
     tokens = torch.zeros(1, dtype=torch.float64)
     for batch in batches:
-        batch = batch.to(device)
         if estimator == "per-token":
+            # targets are picked on the host copy and only the chosen windows are sent, from
+            # page-locked memory without waiting (no device-to-host read per batch)
             rows, cols, lab_idx = pick_targets(batch, seed)
             if rows.numel() == 0:
                 continue
-            rows_d, cols_d = rows.to(device), cols.to(device)
-            with torch.no_grad():  # sampled labels need the model's prediction first
-                y = batch.labels[lab_idx.to(device)]
-                if labels == "sampled":
-                    with autocast(device, dtype):
-                        logits = work(input_ids=batch.input_ids[rows_d],
-                                      attention_mask=batch.attention_mask[rows_d]).logits
-                    y = sample_labels(logits[torch.arange(rows.numel(), device=device), cols_d]
-                                      .float(), batch.window_ids[rows_d], seed)
+            input_ids = to_device(batch.input_ids[rows], device)
+            attention_mask = to_device(batch.attention_mask[rows], device)
+            cols_d, y = to_device(cols, device), to_device(batch.labels[lab_idx], device)
+            if labels == "sampled":  # the model's own prediction first
+                with torch.no_grad(), autocast(device, dtype):
+                    logits = work(input_ids=input_ids, attention_mask=attention_mask).logits
+                y = sample_labels(logits[torch.arange(rows.numel(), device=device), cols_d]
+                                  .float(), batch.window_ids[rows], seed)
             sq, tied_sq = per_window_squared_grads(
-                work, names, params, batch.input_ids[rows_d], batch.attention_mask[rows_d],
-                cols_d, y, index.get(in_name), index.get(out_name) if tied else None, device,
-                dtype)
+                work, names, params, input_ids, attention_mask, cols_d, y, index.get(in_name),
+                index.get(out_name) if tied else None, device, dtype)
             n = rows.numel()
         else:
+            batch = to_device(batch, device)
             with autocast(device, dtype):
                 logits = work(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             chosen = logits[batch.target_mask].float()

@@ -17,7 +17,7 @@ import torch
 
 from fmaudit.errors import FmauditError
 from fmaudit.metrics import DisagreementAccumulator, NonFiniteLogitsError, PredictionAccumulator
-from fmaudit.passes.device import autocast
+from fmaudit.passes.device import autocast, to_device
 from fmaudit.passes.distributed import all_reduce_sum, gather_objects
 from fmaudit.passes.eval_data import EvalBatch
 
@@ -137,11 +137,8 @@ def run_prediction_pass(
             flat_index = batch.target_mask.flatten().nonzero().squeeze(1)
             unpadded = bool(batch.attention_mask.all())
             if device.type != "cpu":
-                batch = (batch.pin_memory() if device.type == "cuda" else batch).to(
-                    device, non_blocking=True)
-                keep = keep.to(device, non_blocking=True) if any_keep else keep
-                flat_index = (flat_index.pin_memory() if device.type == "cuda" else flat_index
-                              ).to(device, non_blocking=True)
+                batch, flat_index = to_device(batch, device), to_device(flat_index, device)
+                keep = to_device(keep, device) if any_keep else keep
             labels = batch.labels
             member_logits = []
             for m, (forward, mid) in enumerate(zip(forwards, member_ids, strict=True)):
