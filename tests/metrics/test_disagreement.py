@@ -405,10 +405,10 @@ def test_device_levels_reproduce_dense_truncation(rule):
     logits = tricky_logits(24, 17, seed=4)
     levels = [0.8, 0.05, 1.0, 0.5, 0.5, 0.2]
     chunk = disagreement._Chunk(logits)
-    member = disagreement._device_levels(chunk.probs, levels, rule)
-    place, _ = disagreement._ascending_places(levels)
+    table = disagreement._level_table(levels, chunk.probs.device)
+    member = disagreement._device_levels(chunk.probs, table, rule)
     for c, p in enumerate(levels):
-        kept = member.entry <= place[c]
+        kept = member.entry <= table.place[c]
         ours = torch.where(kept, member.probs, 0.0) / member.mass[:, c : c + 1]
         expected = truncate_top_p(chunk.probs, p, rule)
         assert torch.equal(ours > 0, expected > 0), p

@@ -141,10 +141,16 @@ def _kept_counts(cum: torch.Tensor, p: float, rule: str) -> torch.Tensor:
     n, vocab = cum.shape
     if p >= 1.0:  # every token, exactly: no float comparison against 1
         return torch.full((n,), vocab, dtype=torch.long, device=cum.device)
-    target = torch.full((n, 1), p, dtype=cum.dtype, device=cum.device)
+    return _kept_counts_below_one(
+        cum, torch.full((n, 1), p, dtype=cum.dtype, device=cum.device), rule)[:, 0]
+
+
+def _kept_counts_below_one(cum: torch.Tensor, targets: torch.Tensor, rule: str) -> torch.Tensor:
+    """:func:`_kept_counts` for several levels at once, long ``[N, L]``: ``targets`` holds
+    levels ``p < 1`` as a contiguous ``[N, L]`` tensor (one search for all of them)."""
     if rule == "nucleus":
-        return (torch.searchsorted(cum, target, right=False)[:, 0] + 1).clamp_(max=vocab)
-    return torch.searchsorted(cum, target, right=True)[:, 0].clamp_(min=1)
+        return (torch.searchsorted(cum, targets, right=False) + 1).clamp_(max=cum.shape[1])
+    return torch.searchsorted(cum, targets, right=True).clamp_(min=1)
 
 
 def _truncate_sorted(s: _Sorted, p: float, rule: str) -> torch.Tensor:
@@ -294,29 +300,22 @@ def argmax_agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Te
 
 
 # -- fused accelerator path --------------------------------------------------------------------
-class _DeviceLevels(NamedTuple):
-    """One member's chunk truncated at every level, on its device, for :func:`_fused_pair_js`."""
+class _LevelTable(NamedTuple):
+    """The top-p levels as tensors on one device, made once per accumulator and device."""
 
-    probs: torch.Tensor  # float64 [n, V]
-    entry: torch.Tensor  # uint8 [n, V]: place in ascending order of the first level keeping v
-    mass: torch.Tensor  # float64 [n, L]: kept mass Z_c, levels in the order given
+    below_one: torch.Tensor  # float64 [L]: p, or 0.5 where p >= 1 (searched, then replaced)
+    whole: torch.Tensor  # bool [L]: p >= 1 (every token kept, exactly)
+    ascending: torch.Tensor  # long [L]: the levels' indices in ascending order of p
+    place: torch.Tensor  # uint8 [L]: each level's position in that order
 
 
-def _device_levels(probs: torch.Tensor, levels: Sequence[float], rule: str) -> _DeviceLevels:
-    """Truncate one member's rows at all ``levels`` (any order) from one stable sort.
-
-    Level c keeps the first ``k_c`` tokens of the sorted row (:func:`_kept_counts`); in
-    ascending order of p the counts do not decrease, so token v (sorted position ``rank_v``)
-    is kept from the ascending place ``entry_v = #{c: k_c <= rank_v}`` on: one
-    ``searchsorted`` per member, no host sync. ``Z_c`` is the cumulative mass at ``k_c - 1``
-    (a single kept token: exactly its value, so its truncated row is exactly 1, as in
-    :func:`_truncate_sorted`, and two such rows have JS exactly 0).
-    """
-    s = _sort_desc(probs)
-    counts = [_kept_counts(s.cum, p, rule) for p in levels]
-    ascending = torch.stack([counts[c] for c in _ascending_places(levels)[1]], dim=1)
-    entry = torch.searchsorted(ascending, s.rank, right=True).to(torch.uint8)
-    return _DeviceLevels(probs, entry, s.mass.gather(1, torch.stack(counts, dim=1) - 1))
+def _level_table(levels: Sequence[float], device: torch.device) -> _LevelTable:
+    place, order = _ascending_places(levels)
+    return _LevelTable(
+        torch.tensor([p if p < 1.0 else 0.5 for p in levels], dtype=torch.float64).to(device),
+        torch.tensor([p >= 1.0 for p in levels]).to(device),
+        torch.tensor(order, dtype=torch.long).to(device),
+        torch.tensor(place, dtype=torch.uint8).to(device))
 
 
 def _ascending_places(levels: Sequence[float]) -> tuple[list[int], list[int]]:
@@ -327,6 +326,33 @@ def _ascending_places(levels: Sequence[float]) -> tuple[list[int], list[int]]:
     for rank, c in enumerate(order):
         place[c] = rank
     return place, order
+
+
+class _DeviceLevels(NamedTuple):
+    """One member's chunk truncated at every level, on its device, for :func:`_fused_pair_js`."""
+
+    probs: torch.Tensor  # float64 [n, V]
+    entry: torch.Tensor  # uint8 [n, V]: place in ascending order of the first level keeping v
+    mass: torch.Tensor  # float64 [n, L]: kept mass Z_c, levels in the table's order
+
+
+def _device_levels(probs: torch.Tensor, levels: _LevelTable, rule: str) -> _DeviceLevels:
+    """Truncate one member's rows at all ``levels`` from one stable sort, in a fixed number of
+    operations (no per-level loop, no host sync).
+
+    Level c keeps the first ``k_c`` tokens of the sorted row (:func:`_kept_counts`, all levels
+    in one search); in ascending order of p the counts do not decrease, so token v (sorted
+    position ``rank_v``) is kept from the ascending place ``entry_v = #{c: k_c <= rank_v}`` on:
+    one more ``searchsorted``. ``Z_c`` is the cumulative mass at ``k_c - 1`` (a single kept
+    token: exactly its value, so its truncated row is exactly 1, as in
+    :func:`_truncate_sorted`, and two such rows have JS exactly 0).
+    """
+    s = _sort_desc(probs)
+    n, vocab = probs.shape
+    counts = _kept_counts_below_one(s.cum, levels.below_one.expand(n, -1).contiguous(), rule)
+    counts = torch.where(levels.whole, vocab, counts)
+    entry = torch.searchsorted(counts.index_select(1, levels.ascending), s.rank, right=True)
+    return _DeviceLevels(probs, entry.to(torch.uint8), s.mass.gather(1, counts - 1))
 
 
 def _fused_pair_js(
@@ -385,10 +411,10 @@ def _try_compile(device_type: str):
         fn = torch.compile(_fused_pair_js, dynamic=True)
         gen = torch.Generator().manual_seed(0)
         probs = torch.rand(3, 7, generator=gen, dtype=torch.float64).to(device_type)
-        a = _device_levels(probs / probs.sum(dim=-1, keepdim=True), [0.5, 1.0], "nucleus")
-        b = _device_levels(probs.flip(1) / probs.sum(dim=-1, keepdim=True), [0.5, 1.0], "nucleus")
-        place = torch.arange(2, dtype=torch.uint8, device=probs.device)
-        got, expected = fn(*a, *b, place), _fused_pair_js(*a, *b, place)
+        table = _level_table([0.5, 1.0], probs.device)
+        a = _device_levels(probs / probs.sum(dim=-1, keepdim=True), table, "nucleus")
+        b = _device_levels(probs.flip(1) / probs.sum(dim=-1, keepdim=True), table, "nucleus")
+        got, expected = fn(*a, *b, table.place), _fused_pair_js(*a, *b, table.place)
         if not torch.allclose(got, expected, rtol=1e-12, atol=1e-15):
             raise RuntimeError(f"compiled result {got.tolist()} != eager {expected.tolist()}")
         return fn
@@ -474,11 +500,7 @@ def _member_levels(
     if partial:
         cum = csum / csum[:, -1:]
         targets = torch.tensor([levels[c] for c in partial], dtype=torch.float64)
-        targets = targets.expand(n, -1).contiguous()
-        if rule == "nucleus":  # the counts of _kept_counts, all levels in one search
-            k = (torch.searchsorted(cum, targets, right=False) + 1).clamp_(max=vocab)
-        else:
-            k = torch.searchsorted(cum, targets, right=True).clamp_(min=1)
+        k = _kept_counts_below_one(cum, targets.expand(n, -1).contiguous(), rule)
         kept[:, : len(partial)] = k
         tau = desc.gather(1, k - 1)  # [n, L'] the smallest kept value
         straddle = ((k < vocab) & (desc.gather(1, k.clamp(max=vocab - 1)) == tau)).any(dim=1)
@@ -634,10 +656,10 @@ class DisagreementAccumulator(SumAccumulator):
         self.rule = rule
         self.top_ps = tuple(_check_p(p, rule) for p in top_ps)
         # the sparse path wants ascending levels; _level_order[c] = position of level c in top_ps
-        self._level_place, self._level_order = _ascending_places(self.top_ps)
+        _, self._level_order = _ascending_places(self.top_ps)
         self.pairs = pair_indices(self.n_members)
         self._workspace: _Workspace | None = None  # sparse-path buffers, built on first use
-        self._places: dict[torch.device, torch.Tensor] = {}  # fused path, per device
+        self._level_tables: dict[torch.device, _LevelTable] = {}  # fused path, per device
         n_pairs, n_ps = len(self.pairs), len(self.top_ps)
         super().__init__(1 + n_pairs * n_ps + n_pairs + 1)
 
@@ -704,10 +726,10 @@ class DisagreementAccumulator(SumAccumulator):
         device = chunks[0].probs.device
         fused = _compiled_pair_js(device.type) if len(self.top_ps) < 255 else None  # uint8
         if fused is not None:  # one sort per member, then one compiled pass per pair
-            members = [_device_levels(c.probs, self.top_ps, self.rule) for c in chunks]
-            place = self._place_on(device)
+            table = self._level_table_on(device)
+            members = [_device_levels(c.probs, table, self.rule) for c in chunks]
             try:  # a recompilation (new shape) can still fail: then this chunk goes unfused
-                sums = [fused(*members[i], *members[j], place) for i, j in self.pairs]
+                sums = [fused(*members[i], *members[j], table.place) for i, j in self.pairs]
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:
@@ -731,11 +753,11 @@ class DisagreementAccumulator(SumAccumulator):
                            else _js_divergence_ratio_bits(trunc[i], trunc[j], buffers))
                 js[k, c] += js_bits.clamp(0.0, 1.0).sqrt().sum()
 
-    def _place_on(self, device: torch.device) -> torch.Tensor:
-        """uint8 ``[L]`` on ``device``: each level's place in ascending order (copied once)."""
-        if device not in self._places:
-            self._places[device] = torch.tensor(self._level_place, dtype=torch.uint8).to(device)
-        return self._places[device]
+    def _level_table_on(self, device: torch.device) -> _LevelTable:
+        """The levels as tensors on ``device`` (copied there once)."""
+        if device not in self._level_tables:
+            self._level_tables[device] = _level_table(self.top_ps, device)
+        return self._level_tables[device]
 
     def _add_chunk_sparse(self, chunks: Sequence[_Chunk], batch: torch.Tensor) -> None:
         """The sparse CPU path (:func:`_member_levels`, :func:`_pair_js_bits_sparse`)."""
