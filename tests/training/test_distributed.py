@@ -18,6 +18,8 @@ from fmaudit.corpus import bundled
 from fmaudit.training import load_recipe, train_ensemble
 from tests.training.conftest import subprocess_env
 
+REPO = Path(__file__).parents[2]
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -78,3 +80,20 @@ def test_two_processes(tmp_path: Path, single_process, launcher: str) -> None:
         for name, tensor in ref.items():
             torch.testing.assert_close(ddp[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
     assert (out / "init" / "seed1" / "model.safetensors").is_file()
+
+
+def test_shipped_fsdp_config_reads_as_fsdp() -> None:
+    """examples/accelerate-fsdp.yaml, read by accelerate's own loader: FSDP with the settings
+    fmaudit's training needs (transformer-block wrapping, full state dict gathered for the
+    final checkpoints, original parameters for the optimiser). accelerate runs FSDP on
+    accelerators only (a CPU config becomes DDP on gloo), so it is not trained here."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    config = load_config_from_file(str(REPO / "examples" / "accelerate-fsdp.yaml"))
+    assert config.distributed_type == DistributedType.FSDP and not config.use_cpu
+    fsdp = config.fsdp_config
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
+    assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    assert fsdp["fsdp_use_orig_params"] is True

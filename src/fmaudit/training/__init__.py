@@ -21,12 +21,14 @@ environment:
   same with ``torchrun --nproc_per_node 8 -m fmaudit train ...``; on CPU-only machines torchrun
   gives a gloo process group. Several nodes: ``torchrun --nnodes N --node_rank R
   --master_addr HOST ...``.
-* FSDP: write an accelerate config (``accelerate config``) with ``distributed_type: FSDP``,
+* FSDP: an accelerate config with ``distributed_type: FSDP``,
   ``fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP``, ``fsdp_transformer_layer_cls_to_wrap:
   BertLayer`` (``GPT2Block`` for clm), ``fsdp_state_dict_type: FULL_STATE_DICT``,
-  ``fsdp_use_orig_params: true``, then ``accelerate launch --config_file fsdp.yaml -m fmaudit
-  train ...``. Final checkpoints are gathered to full weights; periodic resume checkpoints are
-  off under FSDP (they hold one process's optimiser shard). DeepSpeed is refused.
+  ``fsdp_use_orig_params: true`` (the repository's ``examples/accelerate-fsdp.yaml``), then
+  ``accelerate launch --config_file examples/accelerate-fsdp.yaml -m fmaudit train ...``.
+  accelerate runs FSDP on accelerators only. Final checkpoints are gathered to full weights;
+  periodic resume checkpoints are off under FSDP (they hold one process's optimiser shard).
+  DeepSpeed is refused.
 * Mixed precision: ``--mixed-precision auto`` (default) is bf16 on a CUDA GPU that supports it,
   fp32 otherwise; a launcher's ``--mixed_precision`` wins over auto. Attention is PyTorch SDPA.
 * ``--batch-size`` is the global batch: each optimiser step sees the same windows whatever the
