@@ -129,11 +129,10 @@ def audit_child(args: dict, queue: Any) -> None:
         for m in models:
             run_fisher_pass(m, batches, device=device, dtype=dtype)
 
-    # warm-ups (allocator, kernels, lazy initialisation), each step on its first batch
+    # warm-ups (allocator, kernels, lazy initialisation), each step on its first batch; the
+    # backward ones only after the audit's peak memory is read (per-sample gradients are large)
     bare_forward()
     audit(cpu_data[:1])
-    bare_backward(fisher_data[:1])
-    fisher(fisher_data[:1])
     result = {
         "samples": args["samples"],
         "positions": int(sum(b.labels.numel() for b in data)),
@@ -164,6 +163,8 @@ def audit_child(args: dict, queue: Any) -> None:
             audit(cpu_data[: args["profile"]])
         sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         result["profile"] = prof.key_averages().table(sort_by=sort_by, row_limit=25)
+    bare_backward(fisher_data[:1])
+    fisher(fisher_data[:1])
     result |= {
         "c_forward_backward_s": _timed(bare_backward, device),
         "d_fisher_s": _timed(fisher, device),
