@@ -27,6 +27,15 @@ def test_demo_runs_and_writes_the_report(tmp_path, capsys):
         assert e["static_embeddings"]["topk_overlap"][0]["init"] is not None
     assert report["gate"] is not None and len(report["gate"]["checks"]) > 0
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    # the members were trained by fmaudit: the report names their tokenizer spec, and the
+    # provenance table shows it
+    specs = {n: report["ensembles"][n]["tokenizer"]["spec"] for n in ("dna", "text")}
+    assert specs["dna"].startswith("kmer:") and specs["text"].startswith("bpe:"), specs
+    md = (out / "report.md").read_text()
+    corpora = md[md.index("Evaluation corpora"):].split("\n\n")[1]
+    for name, spec in specs.items():
+        row = next(line for line in corpora.splitlines() if line.startswith(f"| {name} "))
+        assert [cell.strip() for cell in row.split("|")][5] == spec, row  # tokenizer column
     # a second run reuses the trained members (finished members are skipped, not retrained)
     weights = sorted(runs.glob("*/seed*/model.safetensors"))
     assert len(weights) == 4

@@ -305,6 +305,12 @@ def test_live_audit_renders_html_and_markdown(tmp_path, genome, capsys):
     assert "dna&lt;b&gt;" in html and "dna<b>" not in html and "<script" not in html
     md = (out / "report.md").read_text()
     assert "dna\\<b\\>" in md or "dna&lt;b&gt;" in md
+    # not trained by fmaudit: no spec, and the provenance table shows the tokenizer's class
+    tokenizer = json.loads((out / "report.json").read_text())["ensembles"]["dna<b>"]["tokenizer"]
+    assert tokenizer["spec"] is None and tokenizer["class"]
+    corpora = md[md.index("Evaluation corpora"):].split("\n\n")[1]
+    row = next(line for line in corpora.splitlines() if line.startswith("| dna"))
+    assert [cell.strip() for cell in row.split("|")][5] == tokenizer["class"], row
     assert sorted(p.name for p in (out / "figures").iterdir())
     # re-rendering from the JSON alone gives the same page
     before = html

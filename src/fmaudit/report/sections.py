@@ -376,8 +376,9 @@ def provenance_section(report: Mapping[str, Any], ensembles: Ensembles) -> Secti
     corpora = []
     for n, e in ensembles.items():
         c = mapping(e.get("corpus"))
+        tokenizer = get(e, "tokenizer", "spec") or get(e, "tokenizer", "class")
         corpora.append([n, fmt_text(c.get("name")), fmt_text(c.get("kind")),
-                        fmt_text(c.get("split")), fmt_text(get(e, "tokenizer", "type")),
+                        fmt_text(c.get("split")), fmt_text(tokenizer),
                         fmt_num(e.get("vocab_size")), fmt_num(c.get("windows")),
                         fmt_num(c.get("positions")), fmt_num(num(c.get("unk_fraction"))),
                         fmt_text(c.get("fingerprint"))])

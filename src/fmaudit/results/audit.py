@@ -372,8 +372,8 @@ def run_audit(cfg: AuditConfig) -> dict:
         entry["objective"] = ref.objective
         entry["vocab_size"] = vocab_size
         entry["seq_len"] = seq_len
-        entry["tokenizer"] = {"class": type(tok).__name__, "size": len(tok),
-                              "special_tokens": list(tok.all_special_tokens)}
+        entry["tokenizer"] = {"class": type(tok).__name__, "spec": _tokenizer_spec(members),
+                              "size": len(tok), "special_tokens": list(tok.all_special_tokens)}
         entry["members"] = [_member_info(m) for m in members]
 
         make_batches = functools.partial(_batches_for, texts, tok, seq_len, ref.objective, cfg,
@@ -451,6 +451,14 @@ def _corpus_summary(corpus: Any) -> dict:
     out["options"] = summary.get("options")
     out["holdout"] = summary.get("holdout")
     return out
+
+
+def _tokenizer_spec(members: list[Member]) -> str | None:
+    """The tokenizer spec fmaudit trained the members with (``kmer:6``, ``bpe:4101``), when
+    every member's manifest names the same one; None otherwise (e.g. Hub models)."""
+    specs = {str(((m.resolved.manifest or {}).get("tokenizer") or {}).get("spec"))
+             for m in members}
+    return specs.pop() if len(specs) == 1 and "None" not in specs else None
 
 
 def _member_info(m: Member) -> dict:
