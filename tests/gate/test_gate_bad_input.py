@@ -117,6 +117,27 @@ def test_junit_to_a_pipe_is_written_through(run_cli: Run, policy_file: PolicyFil
     assert received and received[0].startswith(b"<?xml")
 
 
+@pytest.mark.parametrize("target", ["report", "baseline", "policy"])
+@pytest.mark.parametrize("via_link", [False, True])
+def test_junit_onto_an_input_is_refused(run_cli: Run, policy_file: PolicyFile, tmp_path: Path,
+                                        target: str, via_link: bool) -> None:
+    """--junit naming the report, the baseline or the policy (or a link to it) would replace
+    that input with XML: refused before anything is written."""
+    inputs = {"report": tmp_path / "report.json", "baseline": tmp_path / "baseline.json",
+              "policy": policy_file(INCREASE)}
+    inputs["report"].write_bytes(TWO.read_bytes())
+    inputs["baseline"].write_bytes(BASE.read_bytes())
+    junit = inputs[target]
+    if via_link:
+        junit = tmp_path / "link.xml"
+        junit.symlink_to(inputs[target])
+    before = {k: p.read_bytes() for k, p in inputs.items()}
+    code, out, err = run_cli("gate", inputs["report"], "--baseline", inputs["baseline"],
+                             "--policy", inputs["policy"], "--junit", junit)
+    one_error_line(code, out, err, f"--junit {junit}: is the {target} this command reads")
+    assert {k: p.read_bytes() for k, p in inputs.items()} == before
+
+
 @pytest.mark.parametrize("option", ["REPORT", "--baseline", "--policy"])
 def test_empty_input_paths_are_refused(run_cli: Run, policy_file: PolicyFile, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch, option: str) -> None:

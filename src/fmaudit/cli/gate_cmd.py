@@ -42,7 +42,7 @@ def gate(report: str, policy: str | None, baseline: str | None, junit: str | Non
         write_junit,
     )
     from fmaudit.report.load import input_path, report_path
-    from fmaudit.report.outputs import output_file
+    from fmaudit.report.outputs import output_file, refuse_inputs
 
     # The cheap checks first: the paths, the policy and its needs, then the reports.
     report_file = report_path(input_path(report, "REPORT"))
@@ -50,6 +50,9 @@ def gate(report: str, policy: str | None, baseline: str | None, junit: str | Non
     junit_path = output_file(junit, "--junit", "gate-junit.xml") if junit is not None else None
     pol = load_policy(input_path(policy, "--policy") if policy is not None
                       else default_policy_path())
+    if junit_path is not None:
+        refuse_inputs(junit_path, "--junit", {"the report": report_file,
+                                              "the baseline": base_file, "the policy": pol.path})
     require_baseline(pol, base_file is not None)
     if base_file is not None and not pol.needs_baseline:
         from fmaudit.progress import warn

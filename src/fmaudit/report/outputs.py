@@ -7,6 +7,7 @@ never a traceback or a half-written file. Output folders: :func:`fmaudit.io.writ
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -66,6 +67,22 @@ def output_file(raw: str | os.PathLike[str], option: str, example: str = "out.xm
         raise FmauditError(f"{_what(option, text)}: cannot use this path "
                            f"({_reason(exc)})") from None
     return path
+
+
+def refuse_inputs(path: Path, option: str, inputs: dict[str, Path | None]) -> None:
+    """Refuse an output ``path`` that is one of the files the command reads (``inputs``: what
+    each is, e.g. ``{"the report": ...}``): writing it would destroy that input.
+
+    Raises:
+        FmauditError: ``path`` is (or links to) one of ``inputs``.
+    """
+    for what, source in inputs.items():
+        if source is None or not path.exists():
+            continue
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, source):
+                raise FmauditError(f"{_what(option, os.fspath(path))}: is {what} this command "
+                                   "reads; writing it would destroy it (name another file)")
 
 
 def write_output(path: str | os.PathLike[str], data: bytes, option: str | None = None) -> None:
