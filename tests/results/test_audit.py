@@ -294,6 +294,57 @@ def test_bad_policy_fails_before_compute(tmp_path, genome, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_gate_on_an_analysis_left_out_fails_before_compute(tmp_path, genome, capsys):
+    members = [str(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0, 1))]
+    capsys.readouterr()  # saving the family prints progress
+    policy = tmp_path / "p.toml"
+    policy.write_text('[[check]]\nmetric = "entropy.normalized"\nmax = 1.0\n\n'
+                      '[[check]]\nmetric = "static_embeddings.topk_overlap@k=5"\nmin = 0.0\n')
+    args = ["report", *members, "--corpus", str(genome), "--samples", "6", "--seq-len", "16",
+            "--analyses", "predictions", "--gate", str(policy), "--out", str(tmp_path / "o")]
+    code, out, err = run(args, capsys)
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1, err
+    assert ("check 2 (static_embeddings.topk_overlap@k=5) needs the embeddings analysis, which "
+            "--analyses predictions leaves out") in err
+    assert not (tmp_path / "o").exists()
+    # a check that opts in to missing metrics runs, as not applicable
+    policy.write_text(policy.read_text() + 'missing = "skip"\n')
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    gate = json.loads((tmp_path / "o" / "report.json").read_text())["gate"]
+    assert [c["status"] for c in gate["checks"]] == ["pass", "skip"], gate
+
+
+def test_gate_error_after_the_audit_keeps_the_report(tmp_path, genome, capsys):
+    """A metric only the finished report can refuse (k = 1000 is at or above the usable
+    vocabulary rows, so the report has no such k): exit 2, but the audit is written, ungated."""
+    members = [str(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0, 1))]
+    capsys.readouterr()  # saving the family prints progress
+    policy = tmp_path / "p.toml"
+    policy.write_text('[[check]]\nmetric = "static_embeddings.topk_overlap@k=1000"\nmin = 0.0\n')
+    out = tmp_path / "o"
+    code, printed, err = run(["report", *members, "--corpus", str(genome), "--samples", "6",
+                              "--seq-len", "16", "--analyses", "embeddings", "--k", "1,1000",
+                              "--gate", str(policy), "--out", str(out)], capsys)
+    assert code == 2 and not printed and len(err.strip().splitlines()) == 1, err
+    assert f"(the audit is saved, ungated: {out / 'report.json'})" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["gate"] is None and (out / "report.html").is_file()
+    assert report["ensembles"]["model"]["static_embeddings"]["topk_overlap"]
+
+
+@pytest.mark.parametrize("analysis", ["predictions", "embeddings", "fisher"])
+def test_each_analysis_writes_the_sections_the_gate_expects(tmp_path, genome, capsys, analysis):
+    from fmaudit.results.audit import ANALYSIS_SECTIONS, analysis_of
+
+    members = [str(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0, 1))]
+    rep = audit(members, genome, tmp_path / "out", capsys, "--analyses", analysis)
+    entry = rep["ensembles"]["model"]
+    written = {key for keys in ANALYSIS_SECTIONS.values() for key in keys} & set(entry)
+    assert written == set(ANALYSIS_SECTIONS[analysis])
+    assert all(analysis_of(f"{key}.mean") == analysis for key in written)
+
+
 def test_live_audit_renders_html_and_markdown(tmp_path, genome, capsys):
     members = [str(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0, 1))]
     out = tmp_path / "out"

@@ -135,6 +135,7 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
                                "policy, e.g. recipes/gate-default.toml)")
         policy = load_policy(Path(gate_policy))  # fail before any compute
         require_baseline(policy, baseline is not None)
+        _require_analyses(policy, analysis_names, gate_policy)
     cfg = AuditConfig(
         ensembles=groups, corpus=_corpus_map(corpora, list(groups)),
         regions=tuple(r.strip() for r in regions if r.strip()),
@@ -156,6 +157,20 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
         return run_report(cfg, out_dir, policy, gate_policy, baseline_data, as_json)
 
 
+def _require_analyses(policy, analyses: tuple[str, ...], policy_path: str) -> None:
+    """A check on a section that --analyses leaves out can only end in exit 2 after the
+    whole audit: refuse it now (checks with missing = "skip" are meant to allow it)."""
+    from fmaudit.results.audit import analysis_of
+
+    for check in policy.checks:
+        needed = analysis_of(check.metric)
+        if needed is not None and needed not in analyses and check.missing != "skip":
+            raise FmauditError(
+                f"--gate {policy_path}: check {check.index} ({check.metric}) needs the {needed} "
+                f"analysis, which --analyses {','.join(analyses)} leaves out (add it, or give "
+                'the check missing = "skip")')
+
+
 def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
                baseline: dict | None, as_json: bool) -> int:
     """Audit, gate, write, print. Returns the exit code (1 when the gate failed)."""
@@ -173,7 +188,17 @@ def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
     if policy is not None:
         from fmaudit.gate import run_gate
 
-        result = run_gate(report_data, Path(policy_path), baseline, policy=policy)
+        report_name = str(Path(out_dir) / "report.json") if out_dir is not None else "the audit"
+        try:
+            result = run_gate(report_data, Path(policy_path), baseline, policy=policy,
+                              report_name=report_name)
+        except FmauditError as exc:
+            # bad input that only the finished report shows (a metric it lacks): keep the
+            # audit, which can be gated again with `fmaudit gate`
+            if out_dir is None:
+                raise
+            write_report(report_data, Path(out_dir))
+            raise FmauditError(f"{exc} (the audit is saved, ungated: {report_name})") from None
         report_data["gate"] = result.to_dict()
         code = 0 if result.passed else 1
     if out_dir is not None:

@@ -27,6 +27,21 @@ from fmaudit.results import SCHEMA_VERSION
 DEFAULT_TOP_P = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEFAULT_K = (1, 3, 5, 10, 20, 50, 100, 1000)
 ANALYSES = ("predictions", "embeddings", "fisher")
+# The per-ensemble report sections each analysis writes (tests check this against real audits).
+ANALYSIS_SECTIONS = {
+    "predictions": ("entropy", "kl_uniform_bits", "cross_entropy_bits", "perplexity", "accuracy",
+                    "rank_profile", "unigram_cross_entropy_bits", "unigram_source",
+                    "context_gain_bits", "uniform_entropy_bits", "disagreement"),
+    "embeddings": ("static_embeddings", "contextual_embeddings"),
+    "fisher": ("fisher",),
+}
+
+
+def analysis_of(metric: str) -> str | None:
+    """The analysis whose section holds a gate metric path (``static_embeddings.topk_overlap
+    @k=10`` -> ``embeddings``); None for paths outside the analyses' sections."""
+    root = metric.split(".", 1)[0].split("@", 1)[0].split("[", 1)[0]
+    return next((a for a, keys in ANALYSIS_SECTIONS.items() if root in keys), None)
 UNK_WARN = 0.05
 UNIGRAM_FIT_WINDOWS = 4096
 
