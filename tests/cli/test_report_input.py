@@ -49,6 +49,14 @@ def test_bad_arguments_exit_2_in_one_line(family, capsys, tmp_path, monkeypatch,
     assert list(tmp_path.iterdir()) == []  # nothing written where we stand
 
 
+@pytest.mark.parametrize("name", ["dn\x01a", "dna\u202e", "\u2066dna"])
+def test_ensemble_names_with_control_or_bidi_characters_are_refused(family, capsys, name):
+    members, genome = family
+    code, _, err = run(["report", "--ensemble", f"{name}={members[0]}", "--corpus", str(genome),
+                        *FAST], capsys)
+    one_line_error(code, err, "--ensemble", "control or formatting characters")
+
+
 def test_repeated_corpus_is_refused(family, capsys, tmp_path):
     members, genome = family
     other = tmp_path / "other.fa"

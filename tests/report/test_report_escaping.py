@@ -102,3 +102,35 @@ def test_md_escape_keeps_github_from_linking_user_text(text: str, linkable: bool
     out = md_escape(text)
     assert ("\u200b" in out) == linkable
     assert md_unescape(out) == text  # what a reader sees is the text itself
+
+
+def test_control_and_bidi_characters_are_written_out(tmp_path: Path) -> None:
+    """A name holding a control character (invalid in XML) or a right-to-left override (which
+    shows the rest of the line reversed) is shown with those characters written out as
+    \\uXXXX: every SVG stays well-formed and no raw one reaches the page or the Markdown."""
+    import xml.etree.ElementTree as ET
+
+    report = load_fixture("report_three.json")
+    names = ["te]]>xt\x01", "dna\u202e-kmer", "dna\x00bpe\u2066"]
+    report["ensembles"] = {new: {**ens, "name": new}
+                           for new, ens in zip(names, report["ensembles"].values(), strict=True)}
+    fisher = report["ensembles"][names[1]]["fisher"]
+    fisher["groups"] = [g.replace("layer.0", "layer\x00.0") for g in fisher["groups"]]
+    for key in ("share", "share_tied"):
+        fisher[key] = {g.replace("layer.0", "layer\x00.0"): v for g, v in fisher[key].items()}
+    if report.get("gate"):
+        for check in report["gate"]["checks"]:
+            check["ensemble"] = names[0]
+    render_report(report, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    md = (tmp_path / "report.md").read_text()
+    raw = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\u202a-\u202e\u2066-\u2069]")
+    assert not raw.search(page) and not raw.search(md)
+    assert "dna\\u202e-kmer" in page and "dna\\\\u202e-kmer" in md  # md escapes the backslash
+    svgs = sorted((tmp_path / "figures").glob("*.svg"))
+    assert len(svgs) == 7
+    for svg in svgs:
+        ET.fromstring(svg.read_bytes())  # well-formed XML
+        assert not raw.search(svg.read_text()), svg.name
+    fisher_svg = (tmp_path / "figures" / "fisher_layers.svg").read_text()
+    assert "layer\\u0000.0" in htmllib.unescape(fisher_svg)

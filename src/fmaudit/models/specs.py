@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from fmaudit.errors import FmauditError
@@ -99,7 +100,10 @@ def parse_ensemble_option(value: str) -> tuple[str, list[str]]:
     if not sep or not name or not rest.strip():
         raise FmauditError(f"--ensemble {value!r}: expected NAME=SPEC "
                            "(e.g. dna='org/m-seed<0..4>')")
-    if any(ord(c) < 32 for c in name):
-        raise FmauditError(f"--ensemble {value!r}: the name has control characters")
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in name):
+        # controls, and format characters such as a right-to-left override, which would
+        # reorder how the name and whatever follows it display in tables and reports
+        raise FmauditError(f"--ensemble {value!r}: the name has control or formatting "
+                           "characters")
     specs = [s for s in re.split(r"[\s,]+", rest.strip()) if s]
     return name, specs

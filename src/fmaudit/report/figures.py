@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from fmaudit.report.values import get, mapping, num, nums, seq, spread
+from fmaudit.report.values import get, mapping, num, nums, seq, spread, visible
 
 Ensembles = Mapping[str, Mapping[str, Any]]
 
@@ -62,8 +62,9 @@ def ensemble_colors(names: Sequence[str]) -> dict[str, str]:
 
 
 def label(name: str) -> str:
-    """An ensemble name shortened for a legend or tick (matplotlib escapes it in the SVG)."""
-    name = " ".join(str(name).split())
+    """An ensemble or group name shortened for a legend or tick (matplotlib escapes it in the
+    SVG; characters XML does not allow, and bidirectional controls, are written out)."""
+    name = " ".join(visible(name).split())
     return name if len(name) <= _LABEL_MAX else name[: _LABEL_MAX - 1] + "…"
 
 
@@ -354,7 +355,7 @@ def _dodged(ax: Axes, groups: Sequence[str], names: Sequence[str], colors: Mappi
             ax.errorbar(xs, means, yerr=stds, color=colors[n], marker="o", ms=3.5, lw=1.4,
                         capsize=2.5)
     crowded = len(groups) > 6
-    ax.set_xticks(range(len(groups)), list(groups), rotation=35 if crowded else 0,
+    ax.set_xticks(range(len(groups)), [label(g) for g in groups], rotation=35 if crowded else 0,
                   ha="right" if crowded else "center")
     ax.set_ylim(0, 1.0)
     ax.grid(axis="x", visible=False)

@@ -11,7 +11,7 @@ import html
 import re
 
 from fmaudit.report.document import Block, Code, Document, Figure, Paragraph, Section, Table
-from fmaudit.report.values import NA
+from fmaudit.report.values import NA, visible
 
 # Nothing may be fetched or executed; inline styles are needed by the CSS and the SVG figures.
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
@@ -69,7 +69,7 @@ _NUM = ' class="num"'
 
 
 def _e(text: str) -> str:
-    return html.escape(text, quote=True)
+    return html.escape(visible(text), quote=True)
 
 
 def inline_svg(svg: str) -> str:

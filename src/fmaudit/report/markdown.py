@@ -11,6 +11,7 @@ import re
 from tabulate import tabulate
 
 from fmaudit.report.document import Block, Code, Document, Figure, Paragraph, Section, Table
+from fmaudit.report.values import visible
 
 # ASCII punctuation that starts markup anywhere in GitHub Markdown (CommonMark allows a backslash
 # before any ASCII punctuation): escapes, code, emphasis, links/images ([ ]; "(" and "!" only act
@@ -37,7 +38,7 @@ def md_escape(text: str) -> str:
     >>> print(md_escape("<b>x</b> | a_b"))
     \<b\>x\</b\> \| a\_b
     """
-    text = " ".join(str(text).split())  # a newline would end a table row or a paragraph
+    text = " ".join(visible(text).split())  # a newline would end a table row or a paragraph
     text = _MD_SPECIAL.sub(r"\\\1", text)
     # GitHub turns bare URLs, www. names and e-mail addresses into links after escaping: a
     # zero-width space keeps them plain text (it is invisible where the text is read)
@@ -51,7 +52,9 @@ def md_escape(text: str) -> str:
 
 
 def _fence(text: str) -> str:
-    """A fenced code block longer than any backtick run in ``text`` (content is verbatim)."""
+    """A fenced code block longer than any backtick run in ``text`` (content is verbatim, but
+    for control and bidirectional characters, written out by :func:`visible`)."""
+    text = visible(text)
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return f"{fence}text\n{text}\n{fence}"

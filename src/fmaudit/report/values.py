@@ -7,12 +7,30 @@ through :func:`get`, and every number through :func:`fmt_num`, which writes ``n/
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fmaudit.report.load import is_number
 
 NA = "n/a"
+
+# Characters that change how the text AROUND them displays or parses, never content in a
+# report: C0/C1 controls other than tab and newline (invalid in the SVGs' XML, raw in
+# Markdown) and the bidirectional overrides, embeddings, isolates and marks (U+202E would show
+# the rest of a line reversed).
+_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f"
+                        "\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    r"""``text`` with every control or bidirectional-formatting character written out as
+    ``\uXXXX``, so a name shows what it holds and cannot reorder or break what follows.
+
+    >>> visible("dna\u202e=x")
+    'dna\\u202e=x'
+    """
+    return _INVISIBLE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", str(text))
 
 
 def get(obj: Any, *path: str | int) -> Any:
