@@ -286,3 +286,18 @@ def test_summary_markdown_is_the_reports_first_table(rendered_three: dict[str, A
     tables = markdown_tables(summary)
     assert tables == markdown_tables(rendered_three["md"])[:2]  # summary + failed gate checks
     assert "**Gate: FAILED" in summary and "](figures/" not in summary
+
+
+def test_values_too_large_to_draw_leave_that_figure_out(tmp_path: Path) -> None:
+    """Finite values near the float maximum pass validation but overflow matplotlib's layout:
+    the render still succeeds, that figure is replaced by a note, the others are drawn."""
+    report = load_fixture("report_three.json")
+    for ens in report["ensembles"].values():
+        gain = ens["context_gain_bits"]
+        gain["mean"], gain["members"] = 1.7e308, [1.7e308] * len(gain["members"])
+    render_report(report, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "Figure entropy is left out: its values cannot be drawn" in page
+    drawn = {p.stem for p in (tmp_path / "figures").glob("*.svg")}
+    assert "entropy" not in drawn and {"rank_profile", "disagreement"} <= drawn
+    assert "Figure entropy is left out" in (tmp_path / "report.md").read_text()

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from fmaudit.report import figures
 from fmaudit.report.document import Align, Block, Code, Document, Figure, Paragraph, Section, Table
 from fmaudit.report.values import (
@@ -91,7 +93,16 @@ def _has(ensembles: Ensembles, key: str) -> dict[str, Mapping[str, Any]]:
     return {n: e for n, e in ensembles.items() if get(e, key) is not None}
 
 
-def _figure_block(name: str, svg: str | None, caption: str) -> list[Block]:
+def _figure_block(name: str, draw: Callable[[], str | None], caption: str) -> list[Block]:
+    """The figure ``draw`` makes (none when it has nothing to show). Values the validator
+    accepts can still be beyond what matplotlib can lay out (a finite 1.7e308 overflows its
+    tick arithmetic): the figure is then left out with a note, never the whole render."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # the overflow is reported below
+            svg = draw()
+    except (OverflowError, ValueError) as exc:
+        return [Paragraph(f"Figure {name} is left out: its values cannot be drawn "
+                          f"({type(exc).__name__}: {exc}).")]
     return [] if svg is None else [Figure(name, svg, caption)]
 
 
@@ -184,10 +195,10 @@ def entropy_section(ensembles: Ensembles, colors: Mapping[str, str]) -> Section 
         return None
     rows = [[n, *(f(e) for _, f in _ENTROPY_COLUMNS)] for n, e in present.items()]
     blocks: list[Block] = []
-    blocks += _figure_block("entropy", figures.entropy_figure(present, colors),
+    blocks += _figure_block("entropy", lambda: figures.entropy_figure(present, colors),
                             "Normalised entropy and context gain per ensemble: bars are the mean, "
                             "error bars ± std over members, dots the members.")
-    blocks += _figure_block("rank_profile", figures.rank_profile_figure(present, colors),
+    blocks += _figure_block("rank_profile", lambda: figures.rank_profile_figure(present, colors),
                             "Mean probability of the r-th most likely token against r (log y); "
                             "band ± std over members.")
     blocks.append(_table(["ensemble", *(h for h, _ in _ENTROPY_COLUMNS)], rows,
@@ -206,7 +217,7 @@ def disagreement_section(ensembles: Ensembles, colors: Mapping[str, str]) -> Sec
     if not present:
         return None
     blocks: list[Block] = []
-    blocks += _figure_block("disagreement", figures.disagreement_figure(present, colors),
+    blocks += _figure_block("disagreement", lambda: figures.disagreement_figure(present, colors),
                             "JS distance between seeds against the top-p probability mass kept "
                             "(the study's Figure 1); band ± std over member pairs.")
     blocks.append(_table(
@@ -241,7 +252,7 @@ def embeddings_section(ensembles: Ensembles, colors: Mapping[str, str]) -> Secti
     if not present:
         return None
     blocks: list[Block] = []
-    blocks += _figure_block("embedding_overlap", figures.overlap_figure(present, colors),
+    blocks += _figure_block("embedding_overlap", lambda: figures.overlap_figure(present, colors),
                             "Top-k neighbour overlap between seeds against k (log x): solid "
                             "between seeds (band ± std over pairs), dashed null, dotted at "
                             "initialisation, dash-dot chance.")
@@ -288,10 +299,10 @@ def fisher_section(ensembles: Ensembles, colors: Mapping[str, str]) -> Section |
     any_tied = any(get(e, "fisher", "tied") is True for e in present.values())
     blocks: list[Block] = []
     side = " Left: untied attribution; right: the tied matrix counted once." if any_tied else ""
-    blocks += _figure_block("fisher_coarse", figures.fisher_coarse_figure(present, colors),
+    blocks += _figure_block("fisher_coarse", lambda: figures.fisher_coarse_figure(present, colors),
                             "Share of Fisher information per coarse group (the study's Figure 2): "
                             "bars mean, error bars ± std, dots members." + side)
-    blocks += _figure_block("fisher_layers", figures.fisher_layers_figure(present, colors),
+    blocks += _figure_block("fisher_layers", lambda: figures.fisher_layers_figure(present, colors),
                             "Share of Fisher information per layer (the study's Figure 3), "
                             "± std over members." + side)
     rows = []
@@ -337,7 +348,7 @@ def contextual_section(ensembles: Ensembles, colors: Mapping[str, str]) -> Secti
     if not present:
         return None
     blocks: list[Block] = []
-    blocks += _figure_block("contextual_cka", figures.contextual_figure(present, colors),
+    blocks += _figure_block("contextual_cka", lambda: figures.contextual_figure(present, colors),
                             "Linear CKA and kNN overlap of hidden states between seeds per layer; "
                             "band ± std over member pairs.")
     by_layer: dict[float, dict[str, Mapping[str, Any]]] = {}
