@@ -157,3 +157,22 @@ def test_junit_name_is_stable_across_baselines() -> None:
     b = CheckResult(check=1, metric="m", ensemble="e", stat="mean", value=3.0,
                     bound="increase <= 0.02 vs baseline", status="fail", message="", baseline=2.0)
     assert junit_name(a) == junit_name(b)
+
+
+@pytest.mark.parametrize("drop_from", [("dna",), ("dna", "text")])
+def test_junit_names_do_not_change_when_a_metric_goes_missing(
+        two: dict[str, Any], policy_file: PolicyFile, drop_from: tuple[str, ...]) -> None:
+    """A check with missing = "skip" keeps its test-case name when the metric is absent (here
+    k = 10 dropped from one ensemble, or from all), so CI keeps one history per check."""
+    import copy
+
+    policy = policy_file('[[check]]\nmetric = "static_embeddings.topk_overlap@k=10"\n'
+                         'min = 0.01\nmissing = "skip"\n')
+    present = run_gate(two, policy)
+    without = copy.deepcopy(two)
+    for name in drop_from:
+        overlap = without["ensembles"][name]["static_embeddings"]["topk_overlap"]
+        overlap[:] = [row for row in overlap if row["k"] != 10]
+    missing = run_gate(without, policy)
+    assert {r.status for r in missing.checks if r.ensemble in drop_from} == {"skip"}
+    assert [junit_name(r) for r in missing.checks] == [junit_name(r) for r in present.checks]

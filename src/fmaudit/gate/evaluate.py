@@ -342,8 +342,8 @@ def _try_value(ensembles: Mapping[str, Mapping[str, Any]], ens_name: str, check:
         return None, _default_stat(ensembles[ens_name], check), str(exc)
     except _Missing as exc:
         if check.missing == "skip" and not exc.present:
-            return None, check.stat, (f"{check.metric} is not in ensemble {exc.ensemble!r} "
-                                      f"(missing = \"skip\"): {exc}")
+            return None, _missing_stat(ensembles, check), (
+                f"{check.metric} is not in ensemble {exc.ensemble!r} (missing = \"skip\"): {exc}")
         raise _unknown_metric(where, check, exc.ensemble, ensembles[exc.ensemble], str(exc),
                               report_name) from None
     except _StatError as exc:
@@ -358,6 +358,20 @@ def _default_stat(ens: Mapping[str, Any], check: Check) -> str | None:
     except PathError:
         return check.stat
     return None if is_number(node) else (check.stat or "mean")
+
+
+def _missing_stat(ensembles: Mapping[str, Mapping[str, Any]], check: Check) -> str | None:
+    """The stat label of a row whose metric this ensemble lacks, as it would read where the
+    metric is present, so the row's name (JUnit test case) does not change with the data: from
+    another ensemble holding the metric, else ``mean`` (gates check statistics; a plain number
+    such as ``@k=10.chance`` missing from every ensemble is the one case labelled wrongly)."""
+    for ens in ensembles.values():
+        try:
+            node = resolve(ens, check.metric)
+        except PathError:
+            continue
+        return None if is_number(node) else (check.stat or "mean")
+    return check.stat or "mean"
 
 
 def run_gate(report: Mapping[str, Any], policy_path: str | Path,
