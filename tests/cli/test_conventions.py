@@ -9,6 +9,7 @@ import pytest
 
 from fmaudit import __version__
 from fmaudit.cli import COMMANDS, main
+from tests.cliutil import child_env
 
 
 def run(args, capsys):
@@ -74,7 +75,14 @@ def test_bad_input_is_one_line_without_traceback(capsys, tmp_path):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path):
+    """--debug adds the traceback; bad input still exits 2 (1 would read as a failed gate)."""
     proc = subprocess.run([sys.executable, "-m", "fmaudit", "--debug", "corpus", "stats",
-                           str(tmp_path / "missing.fa")], capture_output=True, text=True)
-    assert proc.returncode != 0 and "Traceback" in proc.stderr
+                           str(tmp_path / "missing.fa")], capture_output=True, text=True,
+                          env=child_env())
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("fmaudit: error: ")
+    proc = subprocess.run([sys.executable, "-m", "fmaudit", "--debug", "gate",
+                           str(tmp_path / "missing.json")], capture_output=True, text=True,
+                          env=child_env())
+    assert proc.returncode == 2 and "Traceback" in proc.stderr

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import traceback
 
 import click
 
@@ -114,13 +115,14 @@ def main(argv: list[str] | None = None) -> None:
         print("fmaudit: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except FmauditError as exc:
-        if _debug():
-            raise
+        if _debug():  # the traceback, but the same exit code: 1 would read as "gate failed"
+            traceback.print_exc()
         print(f"fmaudit: error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except Exception as exc:
         if _debug():
-            raise
+            traceback.print_exc()
+            sys.exit(EXIT_INTERNAL)
         print(f"fmaudit: internal error: {type(exc).__name__}: {one_line(str(exc))} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)
