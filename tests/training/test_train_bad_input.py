@@ -248,6 +248,31 @@ def test_empty_out_is_refused(tmp_path: Path, monkeypatch, capsys, value: str) -
         train_ensemble("dna", value, "tiny", seeds=1)
 
 
+@pytest.mark.parametrize("theirs", ["README.md", "seed0/x.txt", "init/seed0/y.txt"])
+def test_out_that_is_not_a_run_keeps_the_users_files(tmp_path: Path, capsys,
+                                                     theirs: str) -> None:
+    """A folder without fmaudit-run.json whose names a run would write (README.md, seed<k>/,
+    init/) holds the user's files: refused, nothing touched; other files do not matter."""
+    out = tmp_path / "o"
+    (out / theirs).parent.mkdir(parents=True, exist_ok=True)
+    (out / theirs).write_text("mine")
+    (out / "notes.txt").write_text("mine too")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    code, _, err = _run(["train", "--seeds", "1", "--out", str(out), *TINY], capsys)
+    assert code == 2
+    _one_error_line(err, f"{out}: not an fmaudit run (no fmaudit-run.json) but holds "
+                         f"{theirs.split('/')[0]}", "--overwrite")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert (out / theirs).read_text() == "mine"
+    # a folder with unrelated files only is fine to train into
+    (out / theirs).unlink()
+    if "/" in theirs:
+        shutil.rmtree(out / theirs.split("/")[0])
+    code, _, err = _run(["train", "--seeds", "1", "--out", str(out), *TINY], capsys)
+    assert code == 0, err
+    assert (out / "notes.txt").read_text() == "mine too" and (out / "seed0").is_dir()
+
+
 def test_failed_start_removes_the_out_it_created(make_fasta, tmp_path: Path, capsys) -> None:
     fa = make_fasta({"c1": "ACGT" * 500})  # fewer windows than one batch
     out = tmp_path / "new" / "deeper" / "o"

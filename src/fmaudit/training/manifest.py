@@ -184,6 +184,15 @@ def check_run_identity(out: Path, identity: dict[str, Any], overwrite: bool) -> 
             raise FmauditError(f"{out}: holds members ({', '.join(existing_members)}) from a run "
                                f"without {RUN_FILE} (pass --overwrite to replace them, or choose "
                                "another --out)")
+        # names a run writes (README.md, seed<k>/, init/): in a folder that is not a run they
+        # are the user's, and training would replace them
+        ours = sorted(p.name for p in out.iterdir()
+                      if p.name in ("README.md", "init", ".work") or p.name.startswith("seed")
+                      ) if out.is_dir() else []
+        if ours and not overwrite:
+            raise FmauditError(f"{out}: not an fmaudit run (no {RUN_FILE}) but holds "
+                               f"{', '.join(ours)}, which training would replace (choose another "
+                               "--out, or pass --overwrite to replace them)")
         return False
     try:
         old = read_json_object(path, "run file", "pass --overwrite to start the run again, or "
