@@ -273,6 +273,32 @@ def test_out_that_is_not_a_run_keeps_the_users_files(tmp_path: Path, capsys,
     assert (out / "notes.txt").read_text() == "mine too" and (out / "seed0").is_dir()
 
 
+@pytest.mark.parametrize("error", ["oserror", "safetensors"])
+def test_full_disk_is_bad_input_and_the_rerun_resumes(tmp_path: Path, capsys, monkeypatch,
+                                                      error: str) -> None:
+    import errno
+
+    from safetensors import SafetensorError
+
+    from fmaudit.training import ensemble
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        if error == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise SafetensorError("Error while serializing: No space left on device (os error 28)")
+
+    out = tmp_path / "o"
+    monkeypatch.setattr(ensemble, "_save_tokenizer", full)
+    code, _, err = _run(["train", "--seeds", "1", "--out", str(out), *TINY], capsys)
+    assert code == 2
+    _one_error_line(err, f"--out {out}: cannot write (No space left on device", "resume")
+    assert not (out / "seed0").exists()  # nothing half-written looks done
+    monkeypatch.undo()
+    code, _, err = _run(["train", "--seeds", "1", "--out", str(out), *TINY], capsys)
+    assert code == 0, err
+    assert (out / "seed0" / mf.MANIFEST).is_file()
+
+
 def test_failed_start_removes_the_out_it_created(make_fasta, tmp_path: Path, capsys) -> None:
     fa = make_fasta({"c1": "ACGT" * 500})  # fewer windows than one batch
     out = tmp_path / "new" / "deeper" / "o"

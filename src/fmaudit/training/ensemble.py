@@ -9,6 +9,7 @@ manifest in one atomic move. Finished members are skipped, interrupted ones resu
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import warnings
@@ -346,19 +347,47 @@ def train_ensemble(
         data = prepare_data(corpus, recipe, tile_max_tokens=tile_max_tokens)
         if world > 1:
             _check_same_on_every_process(data)
-    if accelerator.is_main_process:
-        if not continuing:
-            mf.clear_run(out)
-        atomic_write_json(out / mf.RUN_FILE, identity)
-    accelerator.wait_for_everyone()
-    results = []
-    with _cpu_settings(accelerator.device.type, data.recipe):
-        for seed in seed_list:
-            results.append(_train_one(accelerator, data, identity, out, seed, vary, stop_after))
-    if accelerator.is_main_process:
-        _write_card(out, identity)
+    with _out_of_space(out):
+        if accelerator.is_main_process:
+            if not continuing:
+                mf.clear_run(out)
+            atomic_write_json(out / mf.RUN_FILE, identity)
+        accelerator.wait_for_everyone()
+        results = []
+        with _cpu_settings(accelerator.device.type, data.recipe):
+            for seed in seed_list:
+                results.append(_train_one(accelerator, data, identity, out, seed, vary,
+                                          stop_after))
+        if accelerator.is_main_process:
+            _write_card(out, identity)
     accelerator.wait_for_everyone()
     return results
+
+
+# A full disk or quota while checkpoints are written: bad input (the --out location), not a bug.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def _out_of_space(out: Path) -> Iterator[None]:
+    """Turn "no space left" while writing into --out (an OSError, or safetensors' own error,
+    which carries only the OS message) into a one-line error naming --out. Every write there is
+    atomic, so what is done stays done and a rerun resumes."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        raise FmauditError(f"--out {out}: cannot write ({exc.strerror}; free space and run "
+                           "the same command again to resume)") from None
+    except SafetensorError as exc:
+        if not any(f"os error {code}" in str(exc) or os.strerror(code) in str(exc)
+                   for code in _NO_SPACE):
+            raise
+        raise FmauditError(f"--out {out}: cannot write ({os.strerror(errno.ENOSPC)}; free space "
+                           "and run the same command again to resume)") from None
 
 
 def _train_one(accelerator: Any, data: PreparedData, identity: dict[str, Any], out: Path,
