@@ -126,6 +126,25 @@ def test_overrides_change_only_their_field() -> None:
         {k: v for k, v in base.to_dict().items() if k != "lr"}
 
 
+def test_a_recipe_file_is_checked_with_the_flags_applied(tmp_path: Path) -> None:
+    """A file valid only with its command-line overrides (no budget of its own; a batch that
+    only the --batch-size flag makes divisible by grad_accum) loads; a problem the flags
+    introduce names the command line, one the file keeps names the file."""
+    tiny = load_recipe("tiny").to_dict()
+    lines = [f"{k} = {v!r}".replace("'", '"') for k, v in tiny.items()
+             if k not in ("max_steps", "max_tokens", "grad_accum", "batch_size")]
+    path = tmp_path / "r.toml"
+    path.write_text("\n".join([*lines, "grad_accum = 3", "batch_size = 32"]) + "\n")
+    with pytest.raises(FmauditError, match=f"{path}: "):
+        load_recipe(str(path))
+    recipe = load_recipe(str(path), {"max_steps": 2, "batch_size": 24})
+    assert (recipe.max_steps, recipe.batch_size, recipe.grad_accum) == (2, 24, 3)
+    with pytest.raises(FmauditError, match="command line: batch_size"):
+        load_recipe(str(path), {"max_steps": 2, "batch_size": 25})
+    with pytest.raises(FmauditError, match=f"{path}: batch_size"):
+        load_recipe(str(path), {"max_steps": 2})
+
+
 def test_toml_round_trip_is_exact() -> None:
     for name in recipe_names():
         r = load_recipe(name).replace(lr=3.0000000000000004e-4, tokenizer="bpe:999")

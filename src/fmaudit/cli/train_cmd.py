@@ -95,13 +95,12 @@ def train(corpus: str | None, out_dir: str, recipe: str, seeds: int, seed_offset
         raise FmauditError(f"--seeds {seeds}: must be at least 1")
     if seed_offset < 0:
         raise FmauditError(f"--seed-offset {seed_offset}: must be >= 0")
-    base = load_recipe(recipe)
     changes = {k: v for k, v in overrides.items() if k in OVERRIDES and v is not None}
     if "max_steps" in changes and changes["max_steps"] < 1:
         raise FmauditError(f"--max-steps {changes['max_steps']}: must be at least 1")
     if "max_tokens" in changes and "max_steps" not in changes:
         changes["max_steps"] = 0  # an explicit token budget replaces the recipe's step count
-    resolved = base.replace(source="command line", **changes)
+    resolved = load_recipe(recipe, changes)  # the flags apply before the recipe is checked
     options = CorpusOptions(regions=regions, holdout=holdout,
                             fai_dir=str(index_dir) if index_dir else None)
 

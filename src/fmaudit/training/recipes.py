@@ -154,25 +154,33 @@ def _check_keys(data: dict[str, Any], source: str) -> None:
             raise FmauditError(f"{source}: unknown key {key!r} ({hint})")
 
 
-def _construct(data: dict[str, Any], source: str) -> Recipe:
-    """Type-check raw values (TOML gives int/float/str/bool), then build and validate."""
+def _construct(data: dict[str, Any], source: str,
+               overridden: tuple[str, tuple[str, ...]] | None = None) -> Recipe:
+    """Type-check raw values (TOML gives int/float/str/bool), then build and validate.
+
+    ``overridden``: ``(source, keys)`` of values that replaced the recipe's (command-line
+    flags); a problem with one of those keys names that source instead.
+    """
+    def where(key: str) -> str:
+        return overridden[0] if overridden is not None and key in overridden[1] else source
+
     clean: dict[str, Any] = {}
     for key, value in data.items():
         kind = _FIELD_TYPES[key]
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise _fail(source, key, f"must be an integer, got {value!r}")
+                raise _fail(where(key), key, f"must be an integer, got {value!r}")
         elif kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise _fail(source, key, f"must be a number, got {value!r}")
+                raise _fail(where(key), key, f"must be a number, got {value!r}")
             value = float(value)
         elif kind == "str" and not isinstance(value, str):
-            raise _fail(source, key, f"must be a string, got {value!r}")
+            raise _fail(where(key), key, f"must be a string, got {value!r}")
         clean[key] = value
     try:
         return Recipe(**clean)
     except _RecipeValueError as exc:
-        raise _fail(source, exc.key, exc.problem, exc.fix) from None
+        raise _fail(where(exc.key), exc.key, exc.problem, exc.fix) from None
 
 
 class _RecipeValueError(ValueError):
@@ -241,8 +249,11 @@ def recipe_names() -> list[str]:
     return list(SHIPPED_RECIPES)
 
 
-def parse_recipe(text: str, source: str) -> Recipe:
-    """A Recipe from TOML text; ``source`` names the file in error messages."""
+def parse_recipe(text: str, source: str, overrides: dict[str, Any] | None = None,
+                 override_source: str = "command line") -> Recipe:
+    """A Recipe from TOML text; ``source`` names the file in error messages. ``overrides``
+    (e.g. command-line flags) replace the file's values BEFORE the recipe is validated, so a
+    file that is only valid with them (no step budget of its own, say) is accepted."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -252,11 +263,14 @@ def parse_recipe(text: str, source: str) -> Recipe:
             raise FmauditError(f"{source}: unexpected table [{key}] (recipes are flat "
                                "key = value lists)")
     _check_keys(data, source)
-    return _construct(data, source)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_keys(overrides, override_source)
+    return _construct({**data, **overrides}, source, (override_source, tuple(overrides)))
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A shipped recipe by name (``tiny``) or a recipe file (``my.toml``).
+def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """A shipped recipe by name (``tiny``) or a recipe file (``my.toml``), with ``overrides``
+    (command-line flags; see :func:`parse_recipe`) applied before it is validated.
 
     Raises:
         FmauditError: unknown name (the valid names are listed), unreadable file, unknown key,
@@ -271,13 +285,13 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise FmauditError(f"--recipe {text_name}: cannot read ({exc})") from None
-        return parse_recipe(text, str(path))
+        return parse_recipe(text, str(path), overrides)
     names = recipe_names()
     if text_name not in names:
         raise FmauditError(f"--recipe {text_name}: unknown recipe (valid: {', '.join(names)}; "
                            "or give a path to a .toml file)")
     text = (resources.files("fmaudit") / "recipes" / f"{text_name}.toml").read_text("utf-8")
-    return parse_recipe(text, f"recipe {text_name}")
+    return parse_recipe(text, f"recipe {text_name}", overrides)
 
 
 def resolve_tokenizer(recipe: Recipe, corpus_kind: str) -> Recipe:
