@@ -175,6 +175,11 @@ def test_more_windows_than_exist(genome: Path) -> None:
     assert len(c.windows("holdout", 50, n=m + 1, allow_fewer=True)) == m
     with pytest.raises(FmauditError, match="only 0 exist"):
         c.windows("train", 10_000, n=1)
+    # an absurd count is the same bad input, not an allocation for that many windows
+    for huge in (10**11, 10**22):
+        with pytest.raises(FmauditError, match=f"asked for {huge} windows .* only {m} exist"):
+            c.windows("holdout", 50, n=huge)
+        assert len(c.windows("holdout", 50, n=huge, allow_fewer=True)) == m
 
 
 @pytest.mark.parametrize("keep_case", [False, True])

@@ -323,7 +323,8 @@ class Corpus:
         coin = np.random.default_rng([seed, 1])
         records = list(dict.fromkeys(iv.record for iv in ivs))
         record_index = {name: i for i, name in enumerate(records)}
-        chosen = np.empty((n, 3), dtype=np.int64)  # record index, start, reverse
+        # never more than the grid holds (an absurd --samples must not allocate for itself)
+        chosen = np.empty((min(n, total), 3), dtype=np.int64)  # record index, start, reverse
         found = 0
         cum_list = cum.tolist()
         for block in range(0, total, 4096):  # a genome has millions of slots: no giant lists
