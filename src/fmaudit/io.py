@@ -9,7 +9,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,20 +73,60 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+_DEFERRED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM")
+                          if hasattr(signal, name))
+_deferring = 0  # depth of nested interrupts_deferred blocks (main thread only)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM that arrive inside the block take effect when it ends.
+
+    For the few renames that swap outputs into place: an interrupt between two of them would
+    leave a folder missing or a set of files half old, half new. Signals can only be handled
+    in the main thread; elsewhere this does nothing.
+    """
+    global _deferring
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if _deferring:  # an enclosing block defers already
+        _deferring += 1
+        try:
+            yield
+        finally:
+            _deferring -= 1
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in _DEFERRED_SIGNALS}
+    _deferring = 1
+    try:
+        yield
+    finally:
+        _deferring = 0
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in dict.fromkeys(received):  # now, with the handlers restored
+            signal.raise_signal(sig)
+
+
 def replace_path(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """Move ``src`` (a file or folder) onto ``dst``, replacing whatever ``dst`` is (a file or a
     folder). The old ``dst`` is moved aside first, so ``dst`` is always either the old or the
-    complete new content."""
+    complete new content (and an interrupt waits for the two renames, see
+    :func:`interrupts_deferred`)."""
     src, dst = Path(src), Path(dst)
-    if not dst.exists() and not dst.is_symlink():
+    with interrupts_deferred():
+        if not dst.exists() and not dst.is_symlink():
+            os.replace(src, dst)
+            return
+        old = dst.with_name(f".{dst.name}.old")
+        if old.exists() or old.is_symlink():
+            _remove(old)
+        os.replace(dst, old)
         os.replace(src, dst)
-        return
-    old = dst.with_name(f".{dst.name}.old")
-    if old.exists() or old.is_symlink():
         _remove(old)
-    os.replace(dst, old)
-    os.replace(src, dst)
-    _remove(old)
 
 
 @contextlib.contextmanager

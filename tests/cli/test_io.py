@@ -1,11 +1,20 @@
 """Atomic writes: nothing half-written under the final name, usual permissions."""
 
 import os
+import signal
 import stat
+from pathlib import Path
 
 import pytest
 
-from fmaudit.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text
+from fmaudit.io import (
+    atomic_dir,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    interrupts_deferred,
+    replace_path,
+)
 
 
 def test_failed_write_leaves_no_file(tmp_path):
@@ -71,3 +80,78 @@ def test_output_dir_that_cannot_be_written_leaves_nothing(tmp_path):
         pass
     with pytest.raises(FmauditError, match="empty path"), output_dir("", "--out"):
         pass
+
+
+def _interrupting_renames(monkeypatch, at: int, sig: int = signal.SIGINT) -> list[int]:
+    """os.replace that sends this process ``sig`` during its ``at``-th call (as a Ctrl-C
+    landing between two renames of a swap would)."""
+    calls: list[int] = []
+    real = os.replace
+
+    def replace(src, dst):
+        calls.append(1)
+        if len(calls) == at:
+            os.kill(os.getpid(), sig)
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+@pytest.mark.parametrize("at", [1, 2])  # the two renames of a swap
+def test_an_interrupt_waits_for_a_swap(tmp_path, monkeypatch, at):
+    """replace_path moves the old folder aside, then the new one in: a Ctrl-C between the two
+    renames takes effect after both (the folder is never missing)."""
+    dst = tmp_path / "figures"
+    dst.mkdir()
+    (dst / "old.svg").write_text("old")
+    src = tmp_path / "new"
+    src.mkdir()
+    (src / "new.svg").write_text("new")
+    _interrupting_renames(monkeypatch, at)
+    with pytest.raises(KeyboardInterrupt):
+        replace_path(src, dst)
+        raise AssertionError("the interrupt was lost")  # only reached when it arrives late
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures"]
+    assert (dst / "new.svg").read_text() == "new"
+
+
+def test_interrupts_deferred_restores_the_handlers_and_nests(monkeypatch):
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+            assert signal.getsignal(signal.SIGINT) is not before  # still deferring
+        raise AssertionError("not raised at the end of the outer block")
+    assert signal.getsignal(signal.SIGINT) is before
+    with interrupts_deferred():  # nothing received: nothing raised
+        pass
+
+
+@pytest.mark.parametrize("at", range(1, 7))  # 3 swaps of 2 renames each
+def test_an_interrupted_render_leaves_one_whole_set(tmp_path, monkeypatch, at):
+    """A Ctrl-C at any rename of a re-render leaves the page, the Markdown and the figures of
+    one render (here: all new), with no staging or .old leftovers."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "report"))
+    from report_checks import load_fixture
+
+    from fmaudit.report import render_report
+
+    first = load_fixture("report_minimal.json")
+    render_report(first, tmp_path)
+    second = load_fixture("report_three.json")
+    calls = _interrupting_renames(monkeypatch, at)
+    with pytest.raises(KeyboardInterrupt):
+        render_report(second, tmp_path)
+        raise AssertionError(f"the interrupt was lost ({len(calls)} renames)")
+    monkeypatch.undo()
+    expected = tmp_path / "expected"
+    render_report(second, expected)
+    for name in ("report.html", "report.md"):
+        assert (tmp_path / name).read_bytes() == (expected / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == \
+        sorted(p.name for p in (expected / "figures").iterdir())
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -220,12 +220,13 @@ def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
 
 def write_report(report_data: dict, out: Path) -> None:
     """report.json and its rendered views, staged in a hidden folder inside ``out`` and then
-    moved into place, report.json last: a failure leaves the previous report whole (never a new
-    report.json beside stale views)."""
+    moved into place, report.json last, with interrupts deferred while they move: a failure
+    leaves the previous report whole (never a new report.json beside stale views), and a
+    Ctrl-C lands before or after the swap, never inside it."""
     import shutil
     import tempfile
 
-    from fmaudit.io import atomic_write_json, replace_path
+    from fmaudit.io import atomic_write_json, interrupts_deferred, replace_path
     from fmaudit.report import render_report
     from fmaudit.report.render import check_targets
 
@@ -239,10 +240,11 @@ def write_report(report_data: dict, out: Path) -> None:
             render_report(report_data, staging)
             check_targets(out, tuple((item.name, item.is_dir()) for item in staging.iterdir()),
                           what=f"--out {out}")
-            for item in sorted(staging.iterdir()):
-                if item.name != "report.json":
-                    replace_path(item, out / item.name)
-            replace_path(staging / "report.json", out / "report.json")
+            with interrupts_deferred():  # a Ctrl-C here waits: never half a set
+                for item in sorted(staging.iterdir()):
+                    if item.name != "report.json":
+                        replace_path(item, out / item.name)
+                replace_path(staging / "report.json", out / "report.json")
     except OSError as exc:
         raise FmauditError(f"--out {out}: cannot write the report "
                            f"({exc.strerror or type(exc).__name__})") from None

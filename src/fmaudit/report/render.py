@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from fmaudit.errors import bad_input
-from fmaudit.io import atomic_dir, atomic_write_text
+from fmaudit.io import interrupts_deferred, replace_path
 from fmaudit.report.html import render_html
 from fmaudit.report.load import check_report
 from fmaudit.report.markdown import render_blocks, render_markdown
@@ -52,12 +54,22 @@ def render_report(report: dict[str, Any], out_dir: str | os.PathLike[str], *,
     written: dict[str, Path] = {}
     check_targets(out_dir)
     try:
-        with atomic_dir(out_dir / FIGURES_DIR) as tmp:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".render.*.tmp"):  # staging left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        # the whole set is written aside, then swapped in with interrupts deferred: the page,
+        # the Markdown and the figures they link to are always of one render
+        with tempfile.TemporaryDirectory(prefix=".render.", suffix=".tmp", dir=out_dir) as tmp:
+            staging = Path(tmp)
+            (staging / FIGURES_DIR).mkdir()
             for fig in doc.figures():
-                (tmp / f"{fig.name}.svg").write_text(fig.svg, encoding="utf-8")
+                (staging / FIGURES_DIR / f"{fig.name}.svg").write_text(fig.svg, encoding="utf-8")
                 written[f"{FIGURES_DIR}/{fig.name}.svg"] = out_dir / FIGURES_DIR / f"{fig.name}.svg"
-        atomic_write_text(out_dir / MD_NAME, markdown)
-        atomic_write_text(out_dir / HTML_NAME, page)
+            (staging / MD_NAME).write_text(markdown, encoding="utf-8")
+            (staging / HTML_NAME).write_text(page, encoding="utf-8")
+            with interrupts_deferred():
+                for name in (FIGURES_DIR, MD_NAME, HTML_NAME):
+                    replace_path(staging / name, out_dir / name)
     except OSError as exc:
         raise bad_input(str(out_dir), f"cannot write the report ({exc.strerror or exc})",
                         "choose a writable --out folder") from None
