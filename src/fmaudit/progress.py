@@ -8,6 +8,16 @@ from collections.abc import Iterable
 from typing import Any
 
 _quiet = False
+# Set by the CLI's SIGINT handler. A KeyboardInterrupt raised while Python runs a __del__ (a
+# library's finaliser, during garbage collection) is printed and dropped; the flag is not, so
+# the next progress step stops the run and the exit code still says "interrupted".
+interrupted = False
+
+
+def raise_if_interrupted() -> None:
+    """Re-raise an interrupt that was swallowed (see ``interrupted``)."""
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def set_quiet(quiet: bool) -> None:
@@ -23,10 +33,16 @@ def enabled() -> bool:
 
 def bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "",
         unit: str = "it") -> Any:
-    """A tqdm bar on stderr (disabled when not interactive)."""
+    """A tqdm bar on stderr (disabled when not interactive); every ``update`` first re-raises
+    an interrupt that was swallowed (:func:`raise_if_interrupted`)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr,
+    class _Bar(tqdm):
+        def update(self, n: float | None = 1) -> bool | None:
+            raise_if_interrupted()
+            return super().update(n)
+
+    return _Bar(iterable, total=total, desc=desc, unit=unit, file=sys.stderr,
                 disable=not enabled(), dynamic_ncols=True, leave=False)
 
 

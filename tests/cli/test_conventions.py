@@ -86,3 +86,32 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path):
                            str(tmp_path / "missing.json")], capture_output=True, text=True,
                           env=child_env())
     assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_a_finaliser_swallows_still_ends_the_run(capsys, monkeypatch):
+    """Python prints and drops a KeyboardInterrupt raised inside a __del__ (a library's
+    finaliser run by the garbage collector when Ctrl-C lands); the run must not then finish as
+    if nothing happened."""
+    import signal
+    from pathlib import Path
+
+    import fmaudit.gate
+    from fmaudit.cli import _on_interrupt
+
+    class Finaliser:
+        def __del__(self) -> None:
+            _on_interrupt(signal.SIGINT, None)  # what the SIGINT handler does, inside __del__
+
+    real = fmaudit.gate.run_gate
+
+    def run_gate(*args, **kwargs):
+        obj = Finaliser()
+        del obj  # the KeyboardInterrupt is swallowed here ("Exception ignored in ...")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fmaudit.gate, "run_gate", run_gate)
+    report = Path(__file__).parents[1] / "gate" / "fixtures" / "report-two.json"
+    code, _, err = run(["gate", str(report)], capsys)
+    assert code == 130 and "fmaudit: interrupted" in err
+    assert signal.getsignal(signal.SIGINT) is not _on_interrupt  # restored after main()

@@ -13,8 +13,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
 import traceback
+from typing import Any
 
 import click
 
@@ -99,10 +102,34 @@ def _usage_message(exc: click.ClickException) -> str:
     return message
 
 
+def _on_interrupt(signum: int, frame: Any) -> None:
+    from fmaudit import progress
+
+    progress.interrupted = True  # outlives a KeyboardInterrupt that a __del__ swallows
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn exceptions into exit codes."""
+    from fmaudit import progress
+
+    progress.interrupted = False
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _on_interrupt)
+    try:
+        _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(argv: list[str] | None) -> None:
+    from fmaudit import progress
+
     try:
         rv = cli.main(args=argv, prog_name="fmaudit", standalone_mode=False)
+        progress.raise_if_interrupted()  # a Ctrl-C that a finaliser swallowed near the end
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:  # usage errors: click's message on one line, exit 2
