@@ -128,6 +128,8 @@ def test_holdout_contigs(genome: Path) -> None:
     assert c.length("holdout") == len(GENOME["c2"]) + len(GENOME["c3"])
     with pytest.raises(FmauditError, match="--holdout: unknown contig 'c9'"):
         open_corpus(genome, CorpusOptions(holdout="c9"))
+    with pytest.raises(FmauditError, match=r"unknown contig '2' .* \(a fraction must be in "):
+        open_corpus(genome, CorpusOptions(holdout="2"))
     with pytest.raises(FmauditError, match="not among the selected regions"):
         open_corpus(genome, CorpusOptions(regions=("c1",), holdout="c2"))
     everything = open_corpus(genome, CorpusOptions(holdout="c1,c2,c3"))
@@ -164,6 +166,15 @@ def test_sampled_windows_are_deterministic(genome: Path) -> None:
     every = {(w.record, w.start, w.text) for w in open_corpus(genome).windows("train", 80)}
     assert {(w.record, w.start, w.text) for w in a} <= every
     assert len({(w.record, w.start) for w in a}) == 20  # without replacement
+
+
+def test_numeric_contig_names_can_be_held_out(tmp_path: Path) -> None:
+    """Ensembl/GRCh37 FASTAs name their contigs 1, 2, ...: --holdout 2 is that contig."""
+    fa = tmp_path / "ens.fa"
+    fa.write_text("".join(f">{name}\n{GENOME[c]}\n" for name, c in (("1", "c1"), ("2", "c2"))))
+    c = open_corpus(fa, CorpusOptions(holdout="2"))
+    assert {w.record for w in c.windows("holdout", 100)} == {"2"}
+    assert {w.record for w in c.windows("train", 100)} == {"1"}
 
 
 def test_more_windows_than_exist(genome: Path) -> None:

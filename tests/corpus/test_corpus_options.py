@@ -59,7 +59,8 @@ def test_parse_holdout() -> None:
     assert parse_holdout("0.1").fraction == pytest.approx(0.1)
     assert parse_holdout("0").fraction == 0.0
     assert parse_holdout("chr8, chr9").contigs == ("chr8", "chr9")
-    for bad, problem in (("1", "leaves no training data"), ("1.5", "leaves no training data"),
+    assert parse_holdout("2").contigs == ("2",)  # Ensembl names contigs 1, 2, ...
+    for bad, problem in (("1.0", "leaves no training data"), ("1.5", "leaves no training data"),
                          ("-0.1", "is not a fraction"), ("nan", "is not a fraction")):
         with pytest.raises(FmauditError, match=f"--holdout: {bad} {problem}"):
             parse_holdout(bad)

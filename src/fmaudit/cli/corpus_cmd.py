@@ -28,7 +28,7 @@ def corpus() -> None:
                    "Repeat for several.")
 @click.option("--holdout", default="0.1", show_default=True,
               help="Held-out fraction (from each contig's end / the end of the text) or "
-                   "contig names (chr8,chr9).")
+                   "contig names (chr8,chr9; a whole number such as 8 is a contig name).")
 @click.option("--index-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Writable folder for FASTA indexes (.fai/.gzi) when the FASTA's folder is not.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

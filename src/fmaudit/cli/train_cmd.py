@@ -43,7 +43,8 @@ def _corpus_path(value: str | None) -> Path:
 @click.option("--regions", multiple=True, metavar="REGION",
               help="FASTA contig or region (chr8:1,000,000-2,000,000). Repeat for several.")
 @click.option("--holdout", default="0.1", show_default=True,
-              help="Held-out fraction or contig names (chr8,chr9); never trained on.")
+              help="Held-out fraction or contig names (chr8,chr9; a whole number such as 8 "
+                   "is a contig name); never trained on.")
 @click.option("--index-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Writable folder for FASTA indexes when the FASTA's folder is not.")
 @click.option("--max-steps", type=int, default=None, help="Optimiser steps (overrides the "

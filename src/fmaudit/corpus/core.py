@@ -161,7 +161,9 @@ class Corpus:
             chosen = {iv.record for iv in selected}
             for name in holdout.contigs:
                 if name not in lengths:
-                    raise FmauditError(f"--holdout: unknown contig {name!r} in {self.path}")
+                    hint = (" (a fraction must be in [0, 1), e.g. 0.1)" if name.isdigit()
+                            else "")
+                    raise FmauditError(f"--holdout: unknown contig {name!r} in {self.path}{hint}")
                 if name not in chosen:
                     raise FmauditError(f"--holdout: contig {name!r} is not among the selected "
                                        "regions (select it with --regions, or hold out another)")

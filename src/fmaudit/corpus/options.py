@@ -99,10 +99,14 @@ class Holdout:
 
 
 def parse_holdout(value: str) -> Holdout:
-    """``"0.1"`` -> fraction 0.1; ``"chr8,chr9"`` -> contigs; errors name ``--holdout``."""
+    """``"0.1"`` -> fraction 0.1; ``"chr8,chr9"`` or ``"2"`` (a whole number is a contig name,
+    as in Ensembl: it could not be a fraction) -> contigs; errors name ``--holdout``."""
     text = str(value).strip()
     if not text:
         raise FmauditError("--holdout: empty value (give a fraction like 0.1, or contig names)")
+    if text.isdigit() and int(text) >= 1:
+        # "1", "2", ...: Ensembl/GRCh37 contig names, and never a fraction in [0, 1)
+        return Holdout(contigs=(text,))
     try:
         fraction = float(text)
     except ValueError:
