@@ -203,3 +203,35 @@ def test_failed_audit_leaves_no_empty_out_folder(family, capsys, tmp_path):
                        capsys)
     assert code == 2, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("taken", "kind"), [("report.json", "folder"), ("figures", "file"),
+                                             ("report.html", "folder")])
+def test_our_names_taken_in_out_fail_before_the_audit(family, capsys, tmp_path, monkeypatch,
+                                                     taken, kind):
+    import fmaudit.results.audit
+
+    def no_audit(*args, **kwargs):
+        raise AssertionError("the audit ran before --out was checked")
+
+    monkeypatch.setattr(fmaudit.results.audit, "run_audit", no_audit)
+    members, genome = family
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / taken).mkdir() if kind == "folder" else (out / taken).write_text("mine")
+    code, _, err = run(["report", *members, "--corpus", str(genome), *FAST, "--out", str(out)],
+                       capsys)
+    one_line_error(code, err, f"--out {out}", f"{taken} is a {kind} here")
+    assert [p.name for p in out.iterdir()] == [taken]
+
+
+def test_baseline_without_gate_warns(family, capsys, tmp_path):
+    members, genome = family
+    first = tmp_path / "first"
+    code, _, err = run(["report", *members, "--corpus", str(genome), *FAST, "--analyses",
+                        "predictions", "--out", str(first)], capsys)
+    assert code == 0, err
+    code, _, err = run(["report", *members, "--corpus", str(genome), *FAST, "--analyses",
+                        "predictions", "--baseline", str(first / "report.json")], capsys)
+    assert code == 0, err
+    assert "--baseline" in err and "without --gate nothing is compared to it" in err

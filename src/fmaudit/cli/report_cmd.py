@@ -149,9 +149,18 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
     if baseline is not None:
         from fmaudit.gate import load_report
 
+        if policy is None:
+            from fmaudit.progress import warn
+
+            warn(f"--baseline {baseline}: without --gate nothing is compared to it")
         baseline_data = load_report(Path(baseline))
     from fmaudit.io import output_dir
 
+    if out_dir is not None:  # our names taken by someone's file or folder: found now too
+        from fmaudit.report.render import FIGURES_DIR, HTML_NAME, MD_NAME, check_targets
+
+        ours = (("report.json", False), (HTML_NAME, False), (MD_NAME, False), (FIGURES_DIR, True))
+        check_targets(Path(out_dir), ours, what=f"--out {out_dir}")
     # a folder we cannot write is found now, not after the compute; a failed run leaves none
     with output_dir(out_dir, "--out") if out_dir is not None else contextlib.nullcontext():
         return run_report(cfg, out_dir, policy, gate_policy, baseline_data, as_json)
