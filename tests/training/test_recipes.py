@@ -69,6 +69,11 @@ def test_unknown_recipe_lists_the_valid_names() -> None:
         assert name in msg
 
 
+def test_a_folder_is_not_a_recipe(tmp_path: Path) -> None:
+    with pytest.raises(FmauditError, match=f"--recipe {tmp_path}: is a folder"):
+        load_recipe(str(tmp_path))
+
+
 def test_unknown_key_is_rejected_by_name(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
     path.write_text(load_recipe("tiny").to_toml() + "hiden_size = 32\n")

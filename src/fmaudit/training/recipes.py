@@ -279,6 +279,8 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     text_name = str(name_or_path)
     path = Path(text_name).expanduser()
     if text_name.endswith(".toml") or path.is_file() or "/" in text_name:
+        if path.is_dir():
+            raise FmauditError(f"--recipe {text_name}: is a folder (name a recipe .toml file)")
         if not path.is_file():
             raise FmauditError(f"--recipe {text_name}: no such file")
         try:
