@@ -197,17 +197,16 @@ def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
     if policy is not None:
         from fmaudit.gate import run_gate
 
-        report_name = str(Path(out_dir) / "report.json") if out_dir is not None else "the audit"
-        try:
-            result = run_gate(report_data, Path(policy_path), baseline, policy=policy,
-                              report_name=report_name)
+        try:  # the gate result names the report "report.json", wherever --out is
+            result = run_gate(report_data, Path(policy_path), baseline, policy=policy)
         except FmauditError as exc:
             # bad input that only the finished report shows (a metric it lacks): keep the
             # audit, which can be gated again with `fmaudit gate`
             if out_dir is None:
                 raise
             write_report(report_data, Path(out_dir))
-            raise FmauditError(f"{exc} (the audit is saved, ungated: {report_name})") from None
+            saved = Path(out_dir) / "report.json"
+            raise FmauditError(f"{exc} (the audit is saved, ungated: {saved})") from None
         report_data["gate"] = result.to_dict()
         code = 0 if result.passed else 1
     if out_dir is not None:
