@@ -195,6 +195,24 @@ def output_dir(path: str | os.PathLike[str], option: str) -> Iterator[Path]:
         raise
 
 
+class TooLargeError(OSError):
+    """A file read with :func:`read_limited` holds more than its limit."""
+
+
+def read_limited(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of ``path``, refusing more than ``limit`` of them: a small input file named by
+    mistake as a huge one, or as a device such as /dev/zero, must not fill the memory.
+
+    Raises:
+        TooLargeError: more than ``limit`` bytes. OSError: unreadable.
+    """
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise TooLargeError(f"larger than {limit / 2**20:g} MiB")
+    return data
+
+
 def read_json_object(path: str | os.PathLike[str], what: str, fix: str) -> dict[str, Any]:
     """A JSON object from ``path`` (a manifest, a run file).
 
@@ -206,7 +224,7 @@ def read_json_object(path: str | os.PathLike[str], what: str, fix: str) -> dict[
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_limited(path, 64 << 20).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise FmauditError(f"{path}: unreadable {what} ({reason}) ({fix})") from None

@@ -138,6 +138,24 @@ def test_junit_onto_an_input_is_refused(run_cli: Run, policy_file: PolicyFile, t
     assert {k: p.read_bytes() for k, p in inputs.items()} == before
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_endless_input_files_are_refused_after_a_bounded_read(run_cli: Run, monkeypatch,
+                                                            tmp_path: Path) -> None:
+    """/dev/zero (or a huge file named by mistake) as the report or the policy: exit 2 after
+    reading at most the limit, not a hang or an out-of-memory kill."""
+    import fmaudit.report.load
+
+    monkeypatch.setattr(fmaudit.report.load, "REPORT_LIMIT", 1 << 16)
+    code, out, err = run_cli("gate", "/dev/zero")
+    one_error_line(code, out, err, "/dev/zero: is not a report: larger than")
+    code, out, err = run_cli("gate", TWO, "--policy", "/dev/zero")
+    one_error_line(code, out, err, "/dev/zero: not a policy (larger than 1 MiB")
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * ((1 << 16) + 1))
+    code, out, err = run_cli("gate", big)
+    one_error_line(code, out, err, f"{big}: is not a report: larger than")
+
+
 @pytest.mark.parametrize("option", ["REPORT", "--baseline", "--policy"])
 def test_empty_input_paths_are_refused(run_cli: Run, policy_file: PolicyFile, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch, option: str) -> None:

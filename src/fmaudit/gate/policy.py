@@ -26,6 +26,7 @@ from typing import Any
 
 from fmaudit.errors import FmauditError
 from fmaudit.gate.paths import valid_syntax
+from fmaudit.io import TooLargeError, read_limited
 
 STATS = ("mean", "max", "min", "std")
 TOP_KEYS = ("check",)
@@ -186,10 +187,12 @@ def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file; raises :class:`FmauditError` (exit 2) if malformed."""
     path = Path(path)
     try:
-        text = path.read_bytes()
+        text = read_limited(path, 1 << 20)  # policies are a few kB
     except FileNotFoundError:
         raise FmauditError(f"{path}: policy file not found (pass --policy with an existing TOML "
                            "file, e.g. recipes/gate-default.toml)") from None
+    except TooLargeError as exc:
+        raise FmauditError(f"{path}: not a policy ({exc}; pass the TOML policy file)") from None
     except OSError as exc:
         raise FmauditError(f"{path}: cannot read the policy ({exc.strerror})") from None
     try:

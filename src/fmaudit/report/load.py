@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from fmaudit.errors import FmauditError, bad_input
+from fmaudit.io import TooLargeError, read_limited
 
 SCHEMA_VERSION = 1
 REPORT_NAME = "report.json"
+REPORT_LIMIT = 256 << 20  # bytes; real reports are tens of kB
 
 _PASS_REPORT = "pass the report.json written by fmaudit report"
 _REGENERATE = "regenerate it with fmaudit report"
@@ -349,7 +351,7 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     given = Path(path)
     path = report_path(given)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_limited(path, REPORT_LIMIT).decode("utf-8")
     except FileNotFoundError:
         if given.is_dir():
             raise bad_input(str(given), f"is a folder without a {REPORT_NAME}",
@@ -360,6 +362,8 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise bad_input(str(path), "is a folder", "pass the report.json inside it") from None
     except UnicodeDecodeError as exc:
         raise bad_input(str(path), f"not UTF-8 text ({exc.reason})", _PASS_REPORT) from None
+    except TooLargeError as exc:  # reports are tens of kB
+        raise bad_input(str(path), f"is not a report: {exc}", _PASS_REPORT) from None
     except OSError as exc:
         raise bad_input(str(path), f"cannot read ({exc.strerror or exc})") from None
     try:
