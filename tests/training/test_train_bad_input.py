@@ -299,6 +299,22 @@ def test_full_disk_is_bad_input_and_the_rerun_resumes(tmp_path: Path, capsys, mo
     assert (out / "seed0" / mf.MANIFEST).is_file()
 
 
+def test_holding_out_almost_everything_names_holdout(make_fasta, tmp_path: Path,
+                                                     capsys) -> None:
+    fa = make_fasta({"c1": "ACGT" * 2000, "c2": "ACGT" * 30})
+    code, _, err = _run(["train", "--corpus", str(fa), "--holdout", "c1", "--out",
+                         str(tmp_path / "o"), *TINY], capsys)
+    assert code == 2
+    _one_error_line(err, "the train split (120 characters with --holdout c1) holds 0 windows",
+                    "hold out less")
+    # the bundled genome's contigs are 1, 2 and 3 (the last 120 bases)
+    code, _, err = _run(["train", "--holdout", "1,2", "--out", str(tmp_path / "o2"), *TINY],
+                        capsys)
+    assert code == 2
+    _one_error_line(err, "the train split holds 120 characters with --holdout 1,2",
+                    "hold out less")
+
+
 def test_failed_start_removes_the_out_it_created(make_fasta, tmp_path: Path, capsys) -> None:
     fa = make_fasta({"c1": "ACGT" * 500})  # fewer windows than one batch
     out = tmp_path / "new" / "deeper" / "o"

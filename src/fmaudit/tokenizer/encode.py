@@ -128,5 +128,8 @@ def check_tokenizer_fits(tok: Any, corpus: Any, *, seq_len: int = 128, n: int = 
     length = window_chars(tok, seq_len, corpus)
     texts = _sample_texts(corpus, length, n, seed)
     if not texts:
-        raise FmauditError(f"{corpus.path}: no clean train window to check the tokenizer on")
+        raise FmauditError(
+            f"{corpus.path}: no clean train window of {length:,} characters to check the "
+            f"tokenizer on (the train split holds {corpus.length('train'):,} characters with "
+            f"--holdout {corpus.options.holdout}; hold out less, or use a shorter --seq-len)")
     return unk_fraction(tok, encode_windows(tok, texts, seq_len))

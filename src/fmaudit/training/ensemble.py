@@ -101,9 +101,11 @@ def prepare_data(corpus: Any, recipe: Recipe, *, tile_max_tokens: int | None = N
     else:
         available = estimate
     if available < recipe.batch_size:
-        raise FmauditError(f"{corpus.path}: the train split holds {available} windows of "
-                           f"{length:,} characters, fewer than one batch ({recipe.batch_size}) "
-                           "(use a larger corpus, or a smaller --batch-size or --seq-len)")
+        raise FmauditError(f"{corpus.path}: the train split ({corpus.length('train'):,} "
+                           f"characters with --holdout {corpus.options.holdout}) holds "
+                           f"{available} windows of {length:,} characters, fewer than one batch "
+                           f"({recipe.batch_size}) (use a larger corpus, hold out less, or use "
+                           "a smaller --batch-size or --seq-len)")
     held = corpus.windows("holdout", length, n=recipe.eval_windows, seed=0, allow_fewer=True)
     if not held:
         raise FmauditError(f"{corpus.path}: the held-out split has no window of {length:,} "
