@@ -5,6 +5,7 @@ line naming the file or argument, and nothing half-written is taken as done."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -341,4 +342,16 @@ def test_corpus_shorter_than_a_token_says_so(tmp_path: Path, capsys) -> None:
     code, _, err = _run(["train", "--corpus", str(short), "--seeds", "1", "--max-steps", "2",
                          "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "too short for --tokenizer kmer:6" in err and "nan" not in err
+    assert "yields no --tokenizer kmer:6 token: no window long enough" in err
+    assert "nan" not in err
+    # long enough, but mostly IUPAC codes: the windows that would hold a token are skipped
+    # for their N share, and the message says so
+    rng = random.Random(0)
+    iupac = "".join(rng.choice("RYKMSWBDHVN") if rng.random() < 0.73 else rng.choice("ACGT")
+                    for _ in range(20_000))
+    mostly_n = tmp_path / "iupac.fa"
+    mostly_n.write_text(">x\n" + iupac + "\n")
+    code, _, err = _run(["train", "--corpus", str(mostly_n), "--seeds", "1", "--max-steps",
+                         "2", "--out", str(tmp_path / "out2")], capsys)
+    _one_error_line(err, "yields no --tokenizer kmer:6 token",
+                    "after skipping windows with N share > 0", "fewer N or IUPAC codes")

@@ -346,7 +346,7 @@ class Corpus:
         if found < n and not allow_fewer:
             raise FmauditError(
                 f"{self.path}: asked for {n} windows of {length:,} characters from the {split} "
-                f"split, but only {found} exist{self._filter_note()} "
+                f"split, but only {found} exist{self.filter_note()} "
                 "(ask for fewer or shorter windows, or use a larger corpus)")
         return WindowList(self, length, records, chosen[:found].copy())
 
@@ -358,7 +358,9 @@ class Corpus:
                                "filters; was the file modified during the run?")
         return Window(record, start, self._oriented(text, reverse), reverse)
 
-    def _filter_note(self) -> str:
+    def filter_note(self) -> str:
+        """`` after skipping windows with N share > ...`` (DNA; empty for text): appended to
+        messages about windows that are missing."""
         if self.kind != "dna":
             return ""
         return f" after skipping windows with N share > {self.options.max_n:g}" + (

@@ -83,9 +83,11 @@ def prepare_data(corpus: Any, recipe: Recipe, *, tile_max_tokens: int | None = N
     # tokenizer's truncation switched on, which would skew the characters-per-token estimate.
     length = window_chars(tokenizer, recipe.seq_len, corpus)
     unk = check_tokenizer_fits(tokenizer, corpus, seq_len=recipe.seq_len)
-    if math.isnan(unk):  # not a single regular token: windows shorter than one token
-        raise FmauditError(f"{corpus.path}: too short for --tokenizer {recipe.tokenizer}: its "
-                           "train split yields no token (use a larger corpus)")
+    if math.isnan(unk):  # not a single regular token: every window shorter than one token
+        raise FmauditError(
+            f"{corpus.path}: its train split yields no --tokenizer {recipe.tokenizer} token: "
+            f"no window long enough for one is left{corpus.filter_note()} (use a larger corpus, "
+            "or one with fewer N or IUPAC codes)")
     if not unk <= MAX_UNK:
         raise FmauditError(f"--tokenizer {recipe.tokenizer}: does not fit {corpus.path} "
                            f"({unk:.0%} of its tokens are [UNK]; use "
