@@ -109,6 +109,61 @@ def test_index_naming_a_missing_shard(family, tmp_path):
         load(bad)
 
 
+def _sharded(folder: Path, shard: str) -> None:
+    """Turn ``folder`` into a sharded checkpoint whose index maps every weight to ``shard``."""
+    from safetensors.torch import load_file
+
+    keys = list(load_file(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {k: shard for k in keys}}))
+
+
+@pytest.mark.parametrize("shard", ["weights.bin", "x.model", "shard.pt"])
+def test_index_naming_pickle_shards_needs_allow_pickle(family, tmp_path, shard):
+    """transformers loads whatever the index names, a pickle shard included: without
+    --allow-pickle only .safetensors shards are accepted, before anything is read."""
+    import torch
+    from safetensors.torch import load_file
+
+    bad = copy_member(family, tmp_path)
+    torch.save(load_file(bad / "model.safetensors"), bad / shard)
+    _sharded(bad, shard)
+    member = mload.resolve_member(MemberSpec(str(bad)))
+    with pytest.raises(FmauditError, match=rf"not safetensors \({shard}\).*--allow-pickle"):
+        mload.check_weights(member, allow_pickle=False)
+    with pytest.raises(FmauditError, match="--allow-pickle"):
+        load(bad)
+    assert load(bad, allow_pickle=True) is not None  # the user vouches for it
+
+
+@pytest.mark.parametrize("where", ["../outside/shard.safetensors", "ABSOLUTE", "sub/s.safetensors"])
+def test_index_naming_shards_outside_the_folder_is_refused(family, tmp_path, where):
+    """An index may not send the loader to another folder (another member's weights, say)."""
+    bad = copy_member(family, tmp_path)
+    target = (tmp_path / "outside" / "shard.safetensors") if where == "ABSOLUTE" else \
+        (bad / where)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(family / "bert" / "seed1" / "model.safetensors", target)
+    _sharded(bad, str(target) if where == "ABSOLUTE" else where)
+    with pytest.raises(FmauditError, match=r"names weight shard.* outside"):
+        load(bad)
+
+
+def test_a_member_linked_to_another_members_weights_is_a_duplicate(family, tmp_path, capsys):
+    """Two folders whose weights are one file (a symlink) would fake perfect agreement."""
+    from fmaudit.cli import main
+
+    twin = copy_member(family, tmp_path, "twin")
+    (twin / "model.safetensors").unlink()
+    (twin / "model.safetensors").symlink_to(family / "bert" / "seed1" / "model.safetensors")
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "report", str(family / "bert" / "seed1"), str(twin), "--corpus",
+              str(family / "r.fa"), "--samples", "4", "--seq-len", "32"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "the same checkpoint as" in err, err
+
+
 # ----------------------------------------------------------------------------- weights vs config
 @pytest.mark.parametrize("changes", [{"hidden_size": 32}, {"max_position_embeddings": 2},
                                      {"intermediate_size": 8}])

@@ -173,6 +173,7 @@ def check_weights(member: ResolvedMember, allow_pickle: bool) -> None:
     """Refuse pickle-only checkpoints unless ``allow_pickle``; refuse folders with no weights."""
     names = {p.name for p in member.path.iterdir()}
     if names & set(SAFE_WEIGHTS) or any(n.endswith(".safetensors") for n in names):
+        _check_shard_index(member, allow_pickle)  # an index may still name pickle shards
         return
     if names & set(PICKLE_WEIGHTS):
         if allow_pickle:
@@ -262,18 +263,23 @@ def _quiet_load_report() -> Iterator[None]:
             lg.removeFilter(below_error)
 
 
-def _check_shard_index(member: ResolvedMember, allow_pickle: bool) -> None:
-    """A sharded checkpoint's index must name shards that exist; transformers otherwise fails
-    with a bare KeyError or FileNotFoundError."""
+def _check_shard_index(member: ResolvedMember, allow_pickle: bool) -> list[str]:
+    """The shard files a sharded checkpoint's index names ([] for a single-file checkpoint).
+
+    Each must be a file in the member's folder, named plainly (an index could otherwise send
+    the loader to ``../other/shard`` or an absolute path), and without ``allow_pickle`` a
+    ``.safetensors`` file: transformers loads whatever the index names, a pickle ``.bin``
+    shard included. A missing shard would otherwise be a bare KeyError or FileNotFoundError.
+    """
     names = {p.name for p in member.path.iterdir()}
     if "model.safetensors" in names:
-        return
+        return []
     if "model.safetensors.index.json" in names:
         index = member.path / "model.safetensors.index.json"
     elif allow_pickle and "pytorch_model.bin" not in names and PICKLE_WEIGHTS[1] in names:
         index = member.path / PICKLE_WEIGHTS[1]
     else:
-        return
+        return []
     try:
         raw = json.loads(index.read_text())
     except (OSError, ValueError) as exc:
@@ -281,11 +287,31 @@ def _check_shard_index(member: ResolvedMember, allow_pickle: bool) -> None:
     weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise FmauditError(f"{index}: no 'weight_map' naming the weight shards")
-    shards = {str(v) for v in weight_map.values()}
-    absent = sorted(s for s in shards if not (member.path / s).is_file())
+    shards = sorted({str(v) for v in weight_map.values()})
+    outside = [s for s in shards if Path(s).name != s or s in (".", "..")]
+    if outside:
+        raise FmauditError(f"{index}: names weight shard(s) outside {member.path}: "
+                           f"{', '.join(outside[:3])} (shards are files beside the index)")
+    if not allow_pickle:
+        unsafe = [s for s in shards if not s.endswith(".safetensors")]
+        if unsafe:
+            raise FmauditError(f"{index}: names shard(s) that are not safetensors "
+                               f"({', '.join(unsafe[:3])}), which can run arbitrary code when "
+                               "loaded; pass --allow-pickle if you trust them")
+    absent = [s for s in shards if not (member.path / s).is_file()]
     if absent:
         raise FmauditError(f"{index}: names weight shard(s) not in {member.path}: "
                            f"{', '.join(absent[:3])}")
+    return shards
+
+
+def weight_files(member: ResolvedMember, allow_pickle: bool) -> frozenset[Path]:
+    """The files the member's weights are read from, links resolved: two members that share
+    one (a symlink, a Hub blob with the same content) hold the same weights."""
+    shards = _check_shard_index(member, allow_pickle)
+    names = shards or [n for n in ("model.safetensors", "pytorch_model.bin")
+                       if (member.path / n).is_file()]
+    return frozenset((member.path / n).resolve() for n in names)
 
 
 def _check_loading_info(member: ResolvedMember, model: Any, info: dict[str, Any]) -> None:

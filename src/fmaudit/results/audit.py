@@ -94,12 +94,15 @@ def resolve_ensemble(name: str, specs: list[str], cfg: AuditConfig) -> list[Memb
     if not members:
         raise FmauditError(f"ensemble {name!r}: no members")
     seen: dict[Path, str] = {}
-    for m in members:  # the same checkpoint twice would fake perfect agreement
+    for m in members:  # the same weights twice would fake perfect agreement
         where = m.resolved.path.resolve()
-        if where in seen:
-            raise FmauditError(f"{m.resolved.id}: the same checkpoint as {seen[where]} "
-                               f"({where}); list each member once")
-        seen[where] = m.resolved.id
+        shared = sorted(f for f in {where} | mload.weight_files(m.resolved, cfg.allow_pickle)
+                        if f in seen)
+        if shared:
+            raise FmauditError(f"{m.resolved.id}: the same checkpoint as {seen[shared[0]]} "
+                               f"({shared[0]}); list each member once")
+        for f in {where} | mload.weight_files(m.resolved, cfg.allow_pickle):
+            seen[f] = m.resolved.id
     ref = members[0]
     if ref.objective == mload.MLM and ref.tokenizer.mask_token_id is None:
         raise FmauditError(f"{ref.resolved.id}: a masked language model whose tokenizer has no "
