@@ -198,6 +198,26 @@ def test_mismatched_vocabulary_refused(tmp_path, genome, capsys):
     assert code == 2 and str(b) in err and "vocabulary" in err
 
 
+@pytest.mark.parametrize(("extra", "why"), [(31, "padded output layers are not supported"),
+                                            (-20, "tokens beyond the output layer")])
+def test_output_layer_and_tokenizer_of_different_sizes_are_refused(tmp_path, genome, capsys,
+                                                                   extra, why):
+    """The metrics score the tokenizer's tokens, one output entry each: a padded output layer
+    (Pythia-style) or a tokenizer larger than it is refused by name, not an internal error."""
+    from fmaudit.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("kmer:3")
+    members = [str(save_member(tmp_path / f"s{seed}", tiny_model("bert", len(tok) + extra, seed,
+                                                                 tok=tok), tok))
+               for seed in (0, 1)]
+    capsys.readouterr()
+    code, out, err = run(["report", *members, "--corpus", str(genome), "--samples", "4",
+                          "--seq-len", "16"], capsys)
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1, err
+    assert (f"{members[0]}: its output layer has {len(tok) + extra} entries but its tokenizer "
+            f"{len(tok)} tokens ({why}") in err
+
+
 def test_remote_code_needs_flag(tmp_path, genome, capsys):
     path = save_family(tmp_path / "fam", "bert", seeds=(0,))[0]
     cfg = json.loads((path / "config.json").read_text())

@@ -104,6 +104,13 @@ def resolve_ensemble(name: str, specs: list[str], cfg: AuditConfig) -> list[Memb
         for f in {where} | mload.weight_files(m.resolved, cfg.allow_pickle):
             seen[f] = m.resolved.id
     ref = members[0]
+    for m in members:  # the scores are over the tokenizer's tokens, one output entry each
+        tokens, outputs = len(m.tokenizer), int(m.config.vocab_size)
+        if tokens != outputs:
+            why = ("padded output layers are not supported yet" if outputs > tokens
+                   else "tokens beyond the output layer cannot be scored")
+            raise FmauditError(f"{m.resolved.id}: its output layer has {outputs} entries but "
+                               f"its tokenizer {tokens} tokens ({why})")
     if ref.objective == mload.MLM and ref.tokenizer.mask_token_id is None:
         raise FmauditError(f"{ref.resolved.id}: a masked language model whose tokenizer has no "
                            "mask token")
