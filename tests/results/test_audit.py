@@ -218,6 +218,65 @@ def test_output_layer_and_tokenizer_of_different_sizes_are_refused(tmp_path, gen
             f"{len(tok)} tokens ({why}") in err
 
 
+def test_damaged_init_checkpoint_only_drops_the_init_comparison(tmp_path, genome, capsys):
+    members = [str(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0, 1))]
+    for seed in (0, 1):  # the untrained copies fmaudit train writes beside the members
+        init = tmp_path / "fam" / "init" / f"seed{seed}"
+        init.mkdir(parents=True)
+        (init / "config.json").write_text((Path(members[seed]) / "config.json").read_text())
+        (init / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    capsys.readouterr()
+    code, _, err = run(["report", *members, "--corpus", str(genome), "--samples", "6",
+                        "--seq-len", "16", "--analyses", "embeddings", "--k", "1,5",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    assert "the untrained checkpoint cannot be read" in err and "init comparison is left out" in err
+    static = json.loads((tmp_path / "o" / "report.json").read_text())["ensembles"]["model"][
+        "static_embeddings"]
+    assert static["linear_cka"]["mean"] is not None and static["linear_cka"]["init"] is None
+
+
+def test_constant_embeddings_and_odd_configs(tmp_path, genome, capsys):
+    """A member whose token embeddings are all equal is named (the static metrics are
+    undefined); a config with a null architecture falls back to its model type; members with
+    different position limits audit at the smaller one."""
+    from safetensors.torch import load_file, save_file
+
+    members = [Path(p) for p in save_family(tmp_path / "fam", "bert", seeds=(0, 1))]
+    weights = load_file(members[1] / "model.safetensors")
+    name = next(k for k in weights if k.endswith("word_embeddings.weight"))
+    weights[name] = torch.ones_like(weights[name])
+    save_file(weights, members[1] / "model.safetensors")
+    capsys.readouterr()
+    code, _, err = run(["report", *map(str, members), "--corpus", str(genome), "--samples", "6",
+                        "--seq-len", "16", "--analyses", "embeddings"], capsys)
+    assert code == 2 and f"{members[1]}: all its" in err and "token embeddings are identical" in err
+    others = [Path(p) for p in save_family(tmp_path / "odd", "bert", seeds=(0, 1))]
+    for m in others:
+        cfg = json.loads((m / "config.json").read_text())
+        cfg["architectures"] = [None]
+        (m / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    code, _, err = run(["report", *map(str, others), "--corpus", str(genome), "--samples", "6",
+                        "--seq-len", "16", "--analyses", "predictions"], capsys)
+    assert code == 0, err
+    from fmaudit.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("kmer:3")
+    limits = [str(save_member(tmp_path / f"pos{n}", tiny_model("bert", len(tok), seed,
+                                                              max_len=n, tok=tok), tok))
+              for seed, n in ((0, 64), (1, 16))]
+    capsys.readouterr()
+    code, _, err = run(["report", *limits, "--corpus", str(genome), "--samples", "4",
+                        "--analyses", "predictions", "--out", str(tmp_path / "pos")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "pos" / "report.json").read_text())["ensembles"]["model"][
+        "seq_len"] == 16
+    code, _, err = run(["report", *limits, "--corpus", str(genome), "--samples", "4",
+                        "--analyses", "predictions", "--seq-len", "32"], capsys)
+    assert code == 2 and "--seq-len 32: longer than the model's 16 positions" in err
+
+
 def test_remote_code_needs_flag(tmp_path, genome, capsys):
     path = save_family(tmp_path / "fam", "bert", seeds=(0,))[0]
     cfg = json.loads((path / "config.json").read_text())

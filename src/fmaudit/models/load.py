@@ -223,6 +223,8 @@ def detect_objective(config: Any) -> str:
     )
 
     for arch in getattr(config, "architectures", None) or []:
+        if not isinstance(arch, str):  # a hand-edited config ([null]): decide by the type
+            continue
         if arch.endswith("ForMaskedLM"):
             return MLM
         if arch.endswith(("ForCausalLM", "LMHeadModel")):

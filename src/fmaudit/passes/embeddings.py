@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from fmaudit.errors import FmauditError
 from fmaudit.metrics import (
     EmbeddingGeometry,
     anisotropy,
@@ -29,6 +30,7 @@ from fmaudit.metrics import (
 )
 from fmaudit.models.groups import input_embedding_name
 from fmaudit.models.load import init_dir_of
+from fmaudit.progress import warn
 
 CONTEXT_K = 10
 
@@ -46,10 +48,19 @@ def init_embeddings(init_dir: str | None, model: Any) -> torch.Tensor | None:
     """
     if not init_dir or not Path(init_dir).is_dir():
         return None
+    try:
+        return _read_init_embeddings(Path(init_dir), model)
+    except Exception as exc:  # an optional comparison: a damaged init folder only drops it
+        warn(f"{init_dir}: the untrained checkpoint cannot be read ({type(exc).__name__}: "
+             f"{str(exc).splitlines()[0] if str(exc) else ''}); the init comparison is left out")
+        return None
+
+
+def _read_init_embeddings(init_dir: Path, model: Any) -> torch.Tensor | None:
     from safetensors import safe_open
 
     name = input_embedding_name(model)
-    for file in sorted(Path(init_dir).glob("*.safetensors")):
+    for file in sorted(init_dir.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             if name in f.keys():  # noqa: SIM118 (safe_open has keys(), no __contains__)
                 return f.get_tensor(name).detach().float()
@@ -75,6 +86,13 @@ def static_section(members: list[Any], tokenizer: Any, ks: tuple[int, ...], seed
     ks_ok = valid_ks(ks, n)
     if n < 3:
         return {"rows": n, "topk_overlap": [], "local_spearman": []}
+    for m, e in zip(members, mats, strict=True):
+        used = e[rows]
+        if bool((used == used[0]).all()):  # Procrustes and CKA have no shape to compare
+            raise FmauditError(f"{m.resolved.id}: all its {n} token embeddings are identical (a "
+                               "broken or constant checkpoint); the static-embedding metrics "
+                               "are undefined (leave them out with --analyses "
+                               "predictions,fisher)")
     gen = torch.Generator().manual_seed(seed)
     pairs, null = compare_members([EmbeddingGeometry(e[rows]) for e in mats], ks_ok,
                                   null_generator=gen)

@@ -371,7 +371,8 @@ def run_audit(cfg: AuditConfig) -> dict:
         ref = members[0]
         tok = ref.tokenizer
         vocab_size = int(ref.config.vocab_size)
-        limit = max_positions(ref.config)
+        limits = [n for n in (max_positions(m.config) for m in members) if n is not None]
+        limit = min(limits) if limits else None  # every member must take the windows
         seq_len = cfg.seq_len or min(limit or 512, 512)
         if limit is not None and seq_len > limit:
             raise FmauditError(f"--seq-len {seq_len}: longer than the model's {limit} positions")
