@@ -333,6 +333,24 @@ def test_hub_revision_is_resolved_to_its_commit(tmp_path, genome, capsys, monkey
     assert member["id"] == "org/tiny@v1" and member["revision"] == v1
 
 
+def test_broken_hub_cache_offline_is_exit_2_without_retrying(tmp_path, genome, capsys,
+                                                             monkeypatch):
+    paths = save_family(tmp_path / "fam", "bert", seeds=(0,))
+    cache = tmp_path / "hub"
+    add_to_hub_cache(cache, "org/tiny-seed0", paths[0])
+    ref = cache / "models--org--tiny-seed0" / "refs" / "main"
+    ref.unlink()
+    ref.mkdir()  # a damaged cache: the ref is a folder
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    slept = []
+    monkeypatch.setattr("fmaudit.models.load.time.sleep", slept.append)
+    capsys.readouterr()
+    code, _, err = run(["report", "org/tiny-seed0", "--corpus", str(genome)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "org/tiny-seed0" in err and "network" not in err and not slept, err
+
+
 def test_unreachable_hub_retries_then_exit_2(tmp_path, genome, capsys, monkeypatch):
     # a closed port on loopback: connection refused, never a real network request
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")

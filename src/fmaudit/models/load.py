@@ -113,6 +113,10 @@ def _hub_download(spec: MemberSpec, allow_pickle: bool, retries: int = 3) -> Pat
             if "HTTPStatusError" in type(exc).__name__ or getattr(exc, "response", None):
                 raise FmauditError(f"{spec.label}: the Hub answered with an error ({exc})") \
                     from None
+            if _offline():  # nothing was sent: the local cache itself is unreadable
+                raise FmauditError(f"{spec.label}: cannot read it from the Hub cache "
+                                   f"{_cache_dir() or '(default)'} ({type(exc).__name__}: "
+                                   f"{exc}); HF_HUB_OFFLINE is set") from None
             last = exc
         time.sleep(min(2.0 ** attempt, 5.0))
     raise FmauditError(f"{spec.label}: could not reach the Hub after {retries} tries ({last}); "
