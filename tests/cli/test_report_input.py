@@ -101,6 +101,13 @@ def test_members_must_share_the_hidden_size(family, capsys, tmp_path):
     code, _, err = run(["report", members[0], str(tmp_path / "wide"), "--corpus", str(genome),
                         *FAST], capsys)
     one_line_error(code, err, "hidden size 32 differs")
+    # the same width, one block more: the layer-wise comparisons need one depth
+    ref = json.loads((Path(members[0]) / "config.json").read_text())
+    deep = BertForMaskedLM(BertConfig(**{**ref, "num_hidden_layers": ref["num_hidden_layers"] + 1}))
+    save_member(tmp_path / "deep", deep, tok)
+    code, _, err = run(["report", members[0], str(tmp_path / "deep"), "--corpus", str(genome),
+                        *FAST], capsys)
+    one_line_error(code, err, f"depth {ref['num_hidden_layers'] + 1} differs")
 
 
 @pytest.mark.parametrize("manifest", [[], {"corpus": 5}, {"corpus": {"path": 3}}])

@@ -129,11 +129,14 @@ def resolve_ensemble(name: str, specs: list[str], cfg: AuditConfig) -> list[Memb
             raise FmauditError(f"{m.resolved.id}: output size {m.config.vocab_size} differs from "
                                f"{ref.resolved.id} ({ref.config.vocab_size})")
         # a seed ensemble shares its architecture; the embedding comparisons need one width
-        width, ref_width = (getattr(c, "hidden_size", None) for c in (m.config, ref.config))
-        if width != ref_width:
-            raise FmauditError(f"{m.resolved.id}: hidden size {width} differs from "
-                               f"{ref.resolved.id} ({ref_width}); members of one ensemble must "
-                               "share the architecture (compare families with --ensemble)")
+        # and the layer-wise ones (contextual CKA, Fisher per block) one depth
+        for attr, what in (("hidden_size", "hidden size"), ("num_hidden_layers", "depth")):
+            value, ref_value = (getattr(c, attr, None) for c in (m.config, ref.config))
+            if value != ref_value:
+                raise FmauditError(f"{m.resolved.id}: {what} {value} differs from "
+                                   f"{ref.resolved.id} ({ref_value}); members of one ensemble "
+                                   "must share the architecture (compare families with "
+                                   "--ensemble)")
     return members
 
 
