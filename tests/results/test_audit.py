@@ -198,24 +198,77 @@ def test_mismatched_vocabulary_refused(tmp_path, genome, capsys):
     assert code == 2 and str(b) in err and "vocabulary" in err
 
 
-@pytest.mark.parametrize(("extra", "why"), [(31, "padded output layers are not supported"),
-                                            (-20, "tokens beyond the output layer")])
-def test_output_layer_and_tokenizer_of_different_sizes_are_refused(tmp_path, genome, capsys,
-                                                                   extra, why):
-    """The metrics score the tokenizer's tokens, one output entry each: a padded output layer
-    (Pythia-style) or a tokenizer larger than it is refused by name, not an internal error."""
+def _padded_copy(model, vocab: int, extra: int, seed: int):
+    """``model`` with ``extra`` more output (and tied embedding) rows: random, as padding is."""
+    cfg = model.config.to_dict()
+    cfg["vocab_size"] = vocab + extra
+    padded = type(model)(type(model.config).from_dict(cfg)).eval()
+    source, target = model.state_dict(), padded.state_dict()
+    gen = torch.Generator().manual_seed(100 + seed)
+    with torch.no_grad():
+        for name, tensor in target.items():
+            src = source[name]
+            if src.shape == tensor.shape:
+                tensor.copy_(src)
+            else:  # the vocabulary axis is the first: keep the real rows, fill the padding
+                tensor.copy_(torch.randn(tensor.shape, generator=gen))
+                tensor[: src.shape[0]] = src
+    padded.tie_weights()
+    return padded
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_padded_output_layer_gives_the_unpadded_report(tmp_path, genome, capsys, kind):
+    """An output layer padded past the tokenizer (Pythia-style) is read in part: the softmax,
+    the Fisher pass and the embedding rows cover the tokenizer's tokens only, so a model with
+    random padding rows gives exactly the report of the same model without them."""
     from fmaudit.tokenizer import build_tokenizer
 
     tok = build_tokenizer("kmer:3")
-    members = [str(save_member(tmp_path / f"s{seed}", tiny_model("bert", len(tok) + extra, seed,
+    plain, padded = [], []
+    for seed in (0, 1):
+        model = tiny_model(kind, len(tok), seed, tok=tok)
+        plain.append(str(save_member(tmp_path / "plain" / f"seed{seed}", model, tok)))
+        padded.append(str(save_member(tmp_path / "padded" / f"seed{seed}",
+                                      _padded_copy(model, len(tok), 27, seed), tok)))
+    capsys.readouterr()
+    reference = _comparable(audit(plain, genome, tmp_path / "a", capsys))
+    got = _comparable(audit(padded, genome, tmp_path / "b", capsys))
+    assert json.loads((Path(padded[0]) / "config.json").read_text())["vocab_size"] == \
+        len(tok) + 27
+    # the Fisher pass runs float32 matmuls of another width (blocked sums round differently)
+    got_fisher, ref_fisher = (r["ensembles"]["model"].pop("fisher") for r in (got, reference))
+    assert got == reference
+    assert _numbers(got_fisher).keys() == _numbers(ref_fisher).keys()
+    for key, value in _numbers(ref_fisher).items():
+        assert _numbers(got_fisher)[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
+
+
+def _numbers(tree, path: str = "") -> dict[str, float]:
+    """Every number in a JSON tree, by its path."""
+    if isinstance(tree, dict):
+        children = [(f"{path}.{key}", sub) for key, sub in tree.items()]
+    elif isinstance(tree, list):
+        children = [(f"{path}[{i}]", sub) for i, sub in enumerate(tree)]
+    else:
+        number = isinstance(tree, (int, float)) and not isinstance(tree, bool)
+        return {path: float(tree)} if number else {}
+    return {k: v for sub_path, sub in children for k, v in _numbers(sub, sub_path).items()}
+
+
+def test_tokenizer_larger_than_the_output_layer_is_refused(tmp_path, genome, capsys):
+    from fmaudit.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("kmer:3")
+    members = [str(save_member(tmp_path / f"s{seed}", tiny_model("bert", len(tok) - 20, seed,
                                                                  tok=tok), tok))
                for seed in (0, 1)]
     capsys.readouterr()
     code, out, err = run(["report", *members, "--corpus", str(genome), "--samples", "4",
                           "--seq-len", "16"], capsys)
     assert code == 2 and not out and len(err.strip().splitlines()) == 1, err
-    assert (f"{members[0]}: its output layer has {len(tok) + extra} entries but its tokenizer "
-            f"{len(tok)} tokens ({why}") in err
+    assert (f"{members[0]}: its tokenizer has {len(tok)} tokens but its output layer only "
+            f"{len(tok) - 20} entries") in err
 
 
 def test_damaged_init_checkpoint_only_drops_the_init_comparison(tmp_path, genome, capsys):

@@ -77,8 +77,10 @@ def _read_init_embeddings(init_dir: Path, model: Any) -> torch.Tensor | None:
 
 def static_section(members: list[Any], tokenizer: Any, ks: tuple[int, ...], seed: int) -> dict:
     """The report's ``static_embeddings`` block for one ensemble."""
-    mats = [input_embeddings(m.model) for m in members]
+    # the tokenizer's rows: a padded embedding matrix's extra rows are no token
+    mats = [input_embeddings(m.model)[: len(tokenizer)] for m in members]
     inits = [init_embeddings(init_dir_of(m.resolved), m.model) for m in members]
+    inits = [None if e is None else e[: len(tokenizer)] for e in inits]
     have_init = all(e is not None and e.shape == mats[0].shape for e in inits) and len(inits) > 1
     rows = usable_rows(mats + ([e for e in inits if e is not None] if have_init else []),
                        tokenizer.all_special_ids)

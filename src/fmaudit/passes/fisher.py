@@ -115,8 +115,12 @@ def _accumulate(sq_by_param: list[torch.Tensor], names: list[str], out_name: str
 
 def run_fisher_pass(model: Any, batches: Iterable[EvalBatch], *, estimator: str = "per-token",
                     labels: str = "empirical", seed: int = 0, device: torch.device | None = None,
-                    dtype: torch.dtype | None = None) -> FisherResult:
-    """Fisher group sums of one member over ``batches`` (reduced across processes)."""
+                    dtype: torch.dtype | None = None, vocab_size: int | None = None
+                    ) -> FisherResult:
+    """Fisher group sums of one member over ``batches`` (reduced across processes).
+
+    ``vocab_size``: the tokenizer's size when the output layer is padded beyond it; the
+    prediction is the softmax over those tokens only (padding rows then get no gradient)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown Fisher estimator {estimator!r}")
     if labels not in LABELS:
@@ -124,6 +128,7 @@ def run_fisher_pass(model: Any, batches: Iterable[EvalBatch], *, estimator: str 
     device = device or torch.device("cpu")
     work, names, params, out_name, in_name = prepare_fisher_model(model)
     work.to(device)
+    work._fmaudit_vocab = vocab_size  # read by TargetLogits (the copy is ours)
     tied = out_name is not None
     index = {n: i for i, n in enumerate(names)}
     sums: dict[str, torch.Tensor] = {}
@@ -141,7 +146,8 @@ def run_fisher_pass(model: Any, batches: Iterable[EvalBatch], *, estimator: str 
             cols_d, y = to_device(cols, device), to_device(batch.labels[lab_idx], device)
             if labels == "sampled":  # the model's own prediction first
                 with torch.no_grad(), autocast(device, dtype):
-                    logits = work(input_ids=input_ids, attention_mask=attention_mask).logits
+                    logits = work(input_ids=input_ids,
+                                  attention_mask=attention_mask).logits[..., :vocab_size]
                 y = sample_labels(logits[torch.arange(rows.numel(), device=device), cols_d]
                                   .float(), batch.window_ids[rows], seed)
             sq, tied_sq = per_window_squared_grads(
@@ -152,7 +158,7 @@ def run_fisher_pass(model: Any, batches: Iterable[EvalBatch], *, estimator: str 
             batch = to_device(batch, device)
             with autocast(device, dtype):
                 logits = work(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            chosen = logits[batch.target_mask].float()
+            chosen = logits[batch.target_mask][:, :vocab_size].float()
             y = (batch.labels if labels == "empirical"
                  else sample_labels(chosen, _row_windows(batch), seed))
             loss = torch.nn.functional.cross_entropy(chosen, y, reduction="mean")
@@ -196,11 +202,12 @@ class TargetLogits(torch.nn.Module):
 
     def forward(self, cols: torch.Tensor, **inputs: Any) -> torch.Tensor:
         rows = torch.arange(cols.numel(), device=cols.device)
+        vocab = getattr(self.model, "_fmaudit_vocab", None)  # a padded output layer's real part
         if self.split is None:
-            return self.model(**inputs).logits[rows, cols]
+            return self.model(**inputs).logits[rows, cols][:, :vocab]
         trunk, head = self.split
         hidden = trunk(**inputs).last_hidden_state[rows, cols]  # [n, H]
-        return head(hidden)
+        return head(hidden)[:, :vocab]
 
 
 def per_window_squared_grads(

@@ -144,6 +144,8 @@ def run_prediction_pass(
             for m, (forward, mid) in enumerate(zip(forwards, member_ids, strict=True)):
                 with autocast(device, dtype):
                     logits, hidden_states = forward(batch, flat_index, want_hidden, unpadded)
+                # a padded output layer: its entries past the tokenizer's tokens are no token
+                logits = logits[:, :vocab_size]
                 try:
                     preds[m].update(logits, labels)
                 except NonFiniteLogitsError:

@@ -106,11 +106,10 @@ def resolve_ensemble(name: str, specs: list[str], cfg: AuditConfig) -> list[Memb
     ref = members[0]
     for m in members:  # the scores are over the tokenizer's tokens, one output entry each
         tokens, outputs = len(m.tokenizer), int(m.config.vocab_size)
-        if tokens != outputs:
-            why = ("padded output layers are not supported yet" if outputs > tokens
-                   else "tokens beyond the output layer cannot be scored")
-            raise FmauditError(f"{m.resolved.id}: its output layer has {outputs} entries but "
-                               f"its tokenizer {tokens} tokens ({why})")
+        if tokens > outputs:  # (a padded output layer, outputs > tokens, is read in part)
+            raise FmauditError(f"{m.resolved.id}: its tokenizer has {tokens} tokens but its "
+                               f"output layer only {outputs} entries (tokens beyond the output "
+                               "layer cannot be scored)")
     if ref.objective == mload.MLM and ref.tokenizer.mask_token_id is None:
         raise FmauditError(f"{ref.resolved.id}: a masked language model whose tokenizer has no "
                            "mask token")
@@ -373,7 +372,8 @@ def run_audit(cfg: AuditConfig) -> dict:
         corpus, split = corpora[name]
         ref = members[0]
         tok = ref.tokenizer
-        vocab_size = int(ref.config.vocab_size)
+        # the tokenizer's tokens: a padded output layer's extra entries are no token
+        vocab_size = len(tok)
         limits = [n for n in (max_positions(m.config) for m in members) if n is not None]
         limit = min(limits) if limits else None  # every member must take the windows
         seq_len = cfg.seq_len or min(limit or 512, 512)
@@ -517,7 +517,7 @@ def fisher_section(members: list[Member], make_batches: Any, cfg: AuditConfig,
         results.append(run_fisher_pass(
             m.model, make_batches(n_windows, min(cfg.batch_size, 8)),
             estimator=cfg.fisher_estimator, labels=cfg.fisher_labels, seed=cfg.seed,
-            device=device, dtype=dtype))
+            device=device, dtype=dtype, vocab_size=len(m.tokenizer)))
         bar.close()
     groups = results[0].groups
     tied = results[0].tied
