@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -162,6 +163,25 @@ def test_a_member_linked_to_another_members_weights_is_a_duplicate(family, tmp_p
               str(family / "r.fa"), "--samples", "4", "--seq-len", "32"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "the same checkpoint as" in err, err
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "bool", "float8_e4m3fn"])
+def test_quantised_or_integer_weights_are_refused(family, tmp_path, dtype):
+    """transformers casts an integer or 8-bit float weight to the model's float type without
+    a word; the audit would score garbage."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    bad = copy_member(family, tmp_path)
+    weights = load_file(bad / "model.safetensors")
+    name = next(k for k in weights if k.endswith("attention.self.query.weight"))
+    weights[name] = weights[name].to(getattr(torch, dtype))
+    save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(FmauditError, match=rf"bad: weight {re.escape(name)} is stored as"):
+        load(bad)
+    weights[name] = weights[name].to(torch.bfloat16)  # half precision is a float: fine
+    save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
+    assert load(bad) is not None
 
 
 # ----------------------------------------------------------------------------- weights vs config

@@ -388,8 +388,29 @@ def load_model(member: ResolvedMember, config: Any, objective: str, *,
         raise FmauditError(f"{member.id}: cannot load its weights, the checkpoint looks corrupt "
                            f"or does not fit config.json ({_one_line(exc)})") from exc
     _check_loading_info(member, model, info)
+    _check_weight_dtypes(member, model, allow_pickle)
     model.eval()
     return model
+
+
+def _check_weight_dtypes(member: ResolvedMember, model: Any, allow_pickle: bool) -> None:
+    """Refuse integer (quantised) or 8-bit float weights: transformers casts them to the
+    model's float type without a word, and the audit would score the garbage. Only the
+    parameters are checked (integer buffers such as position ids are normal)."""
+    from safetensors import safe_open
+
+    params = {name for name, _ in model.named_parameters()}
+    files = [f for f in weight_files(member, allow_pickle) if f.suffix == ".safetensors"]
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open has keys(), no __contains__)
+                if key not in params:
+                    continue
+                dtype = f.get_slice(key).get_dtype()
+                if not dtype.startswith(("F", "BF")) or dtype.startswith("F8"):
+                    raise FmauditError(f"{member.id}: weight {key} is stored as {dtype} (a "
+                                       "quantised or broken checkpoint); fmaudit audits "
+                                       "float16/bfloat16/float32 weights")
 
 
 def load_tokenizer(member: ResolvedMember, trust_remote_code: bool = False) -> Any:
