@@ -13,6 +13,7 @@ from scipy.spatial.distance import jensenshannon
 
 from fmaudit.cli import main
 from tests.hubcache import add_to_hub_cache
+from tests.jsontree import numbers
 from tests.tinymodels import make_uniform, random_dna, save_family, save_member, tiny_model
 
 SEQ = 32
@@ -239,21 +240,10 @@ def test_padded_output_layer_gives_the_unpadded_report(tmp_path, genome, capsys,
     # the Fisher pass runs float32 matmuls of another width (blocked sums round differently)
     got_fisher, ref_fisher = (r["ensembles"]["model"].pop("fisher") for r in (got, reference))
     assert got == reference
-    assert _numbers(got_fisher).keys() == _numbers(ref_fisher).keys()
-    for key, value in _numbers(ref_fisher).items():
-        assert _numbers(got_fisher)[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
-
-
-def _numbers(tree, path: str = "") -> dict[str, float]:
-    """Every number in a JSON tree, by its path."""
-    if isinstance(tree, dict):
-        children = [(f"{path}.{key}", sub) for key, sub in tree.items()]
-    elif isinstance(tree, list):
-        children = [(f"{path}[{i}]", sub) for i, sub in enumerate(tree)]
-    else:
-        number = isinstance(tree, (int, float)) and not isinstance(tree, bool)
-        return {path: float(tree)} if number else {}
-    return {k: v for sub_path, sub in children for k, v in _numbers(sub, sub_path).items()}
+    got_numbers, ref_numbers = numbers(got_fisher), numbers(ref_fisher)
+    assert got_numbers.keys() == ref_numbers.keys()
+    for key, value in ref_numbers.items():
+        assert got_numbers[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
 
 
 def test_tokenizer_larger_than_the_output_layer_is_refused(tmp_path, genome, capsys):

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from tests.cliutil import run_main
+from tests.jsontree import numbers
 from tests.tinymodels import random_dna, save_family, tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -51,22 +52,11 @@ def _audit(members: list[str], genome: Path, out: Path, capsys, *extra: str,
     return json.loads((out / "report.json").read_text())
 
 
-def _numbers(tree, path: str = "") -> dict[str, float]:
-    """Every float leaf of a JSON tree by its path."""
-    if isinstance(tree, dict):
-        children = [(f"{path}.{key}", sub) for key, sub in tree.items()]
-    elif isinstance(tree, list):
-        children = [(f"{path}[{i}]", sub) for i, sub in enumerate(tree)]
-    else:
-        return {path: float(tree)} if isinstance(tree, float) else {}
-    return {k: v for sub_path, sub in children for k, v in _numbers(sub, sub_path).items()}
-
-
 def test_float32_on_cuda_equals_cpu(tmp_path, genome, family, capsys):
     cpu = _audit(family, genome, tmp_path / "cpu", capsys, "--device", "cpu")
     gpu = _audit(family, genome, tmp_path / "gpu", capsys, "--device", "cuda", "--dtype", "float32")
     assert gpu["settings"]["device"] == "cuda" and gpu["settings"]["dtype"] == "float32"
-    a, b = _numbers(cpu["ensembles"]), _numbers(gpu["ensembles"])
+    a, b = numbers(cpu["ensembles"]), numbers(gpu["ensembles"])
     assert a.keys() == b.keys() and len(a) > 100
     # float32 kernels sum in another order on the GPU: agreement to ~1e-5 relative, not bits
     off = {k: (a[k], b[k]) for k in a

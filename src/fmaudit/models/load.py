@@ -365,7 +365,7 @@ def load_model(member: ResolvedMember, config: Any, objective: str, *,
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    _check_shard_index(member, allow_pickle)
+    files = weight_files(member, allow_pickle)  # checks a shard index before any read
     auto = AutoModelForMaskedLM if objective == MLM else AutoModelForCausalLM
     # ignore_mismatched_sizes: report wrong shapes through the loading info (checked below)
     # instead of a RuntimeError after a long printed report
@@ -388,20 +388,19 @@ def load_model(member: ResolvedMember, config: Any, objective: str, *,
         raise FmauditError(f"{member.id}: cannot load its weights, the checkpoint looks corrupt "
                            f"or does not fit config.json ({_one_line(exc)})") from exc
     _check_loading_info(member, model, info)
-    _check_weight_dtypes(member, model, allow_pickle)
+    _check_weight_dtypes(member, model, files)
     model.eval()
     return model
 
 
-def _check_weight_dtypes(member: ResolvedMember, model: Any, allow_pickle: bool) -> None:
+def _check_weight_dtypes(member: ResolvedMember, model: Any, files: frozenset[Path]) -> None:
     """Refuse integer (quantised) or 8-bit float weights: transformers casts them to the
     model's float type without a word, and the audit would score the garbage. Only the
     parameters are checked (integer buffers such as position ids are normal)."""
     from safetensors import safe_open
 
     params = {name for name, _ in model.named_parameters()}
-    files = [f for f in weight_files(member, allow_pickle) if f.suffix == ".safetensors"]
-    for file in files:
+    for file in sorted(f for f in files if f.suffix == ".safetensors"):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open has keys(), no __contains__)
                 if key not in params:

@@ -95,14 +95,12 @@ def resolve_ensemble(name: str, specs: list[str], cfg: AuditConfig) -> list[Memb
         raise FmauditError(f"ensemble {name!r}: no members")
     seen: dict[Path, str] = {}
     for m in members:  # the same weights twice would fake perfect agreement
-        where = m.resolved.path.resolve()
-        shared = sorted(f for f in {where} | mload.weight_files(m.resolved, cfg.allow_pickle)
-                        if f in seen)
+        places = {m.resolved.path.resolve()} | mload.weight_files(m.resolved, cfg.allow_pickle)
+        shared = sorted(places & seen.keys())
         if shared:
             raise FmauditError(f"{m.resolved.id}: the same checkpoint as {seen[shared[0]]} "
                                f"({shared[0]}); list each member once")
-        for f in {where} | mload.weight_files(m.resolved, cfg.allow_pickle):
-            seen[f] = m.resolved.id
+        seen.update(dict.fromkeys(places, m.resolved.id))
     ref = members[0]
     for m in members:  # the scores are over the tokenizer's tokens, one output entry each
         tokens, outputs = len(m.tokenizer), int(m.config.vocab_size)
