@@ -193,6 +193,30 @@ def test_stale_or_corrupt_index_is_rebuilt(tmp_path: Path, capsys, fai_text: str
     assert fasta_mod.fai_problem(fai, path) is None
 
 
+@pytest.mark.parametrize("grow", ["record", "bases"])
+def test_index_that_misses_the_end_of_the_file_is_rebuilt(tmp_path: Path, capsys,
+                                                          grow: str) -> None:
+    """An index cut at a line boundary, or a FASTA that grew under an index with the same date
+    (`cp -p`, `rsync -t`, tar, one-second file times): the end check finds what it misses."""
+    path = tmp_path / "g.fa"
+    fai = Path(str(path) + ".fai")
+    path.write_text(_fasta(("a", "b")))
+    open_corpus(path, CorpusOptions(holdout="0"))  # writes the index of a and b
+    more = _fasta(("c",)) if grow == "record" else SEQS["c"][:60] + "\n"
+    with open(path, "a") as fh:
+        fh.write(more)
+    stat = fai.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same date as the index
+    assert "the file goes on after record 'b'" in (fasta_mod.fai_problem(fai, path) or "")
+    c = open_corpus(path, CorpusOptions(holdout="0"))
+    assert "rebuilding it" in capsys.readouterr().err
+    if grow == "record":
+        assert c.records == ["a", "b", "c"] and c.read("c", 0, 333) == SEQS["c"]
+    else:
+        assert c.records == ["a", "b"] and c.read("b", 0, 1020) == SEQS["b"] + SEQS["c"][:60]
+    assert fasta_mod.fai_problem(fai, path) is None
+
+
 def test_corrupt_index_in_a_read_only_folder_is_a_clear_error(tmp_path: Path,
                                                               monkeypatch) -> None:
     path = _stale(tmp_path, "a\t99999\t3\t60\t61\n")

@@ -256,8 +256,11 @@ def fai_problem(fai: Path, fasta: Path, *, check_bytes: bool = True) -> str | No
 
     Cheap: every row is parsed and must fit the file size in file order; for up to
     ``FAI_CHECKED_RECORDS`` records spread over the file, the header line before the record
-    must name it, and line breaks must sit where the row says. ``check_bytes=False`` (a bgzip
-    file read in place, whose offsets are in the decompressed stream) checks the format only.
+    must name it, and line breaks must sit where the row says; after the last record only
+    whitespace may follow (an index cut short at a line boundary, or a file that grew under
+    an index with the same date, would otherwise hide records or bases). ``check_bytes=False``
+    (a bgzip file read in place, whose offsets are in the decompressed stream) checks the
+    format only.
     """
     try:
         rows = read_fai(fai)
@@ -282,6 +285,16 @@ def fai_problem(fai: Path, fasta: Path, *, check_bytes: bool = True) -> str | No
             problem = _row_problem(fh, row)
             if problem:
                 return problem
+        return _tail_problem(fh, rows[-1][0], previous_end)
+
+
+def _tail_problem(fh: BinaryIO, name: str, end: int) -> str | None:
+    """Whether anything but whitespace follows the last indexed record's last base."""
+    fh.seek(end)
+    while chunk := fh.read(1 << 16):
+        if chunk.strip():
+            return (f"the file goes on after record {name!r} ends at byte {end:,} (a record "
+                    "added or lengthened since the index was written)")
     return None
 
 
