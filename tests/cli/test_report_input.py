@@ -178,6 +178,36 @@ def test_changed_training_corpus_is_flagged(family, capsys, tmp_path):
     assert "differs from the one the members were trained on" in err
 
 
+def test_a_copy_of_the_training_corpus_is_evaluated_on_its_holdout(family, capsys, tmp_path):
+    """The members' manifest names the corpus by path and sha256: a byte-identical copy
+    elsewhere is the same data, so only its held-out split is evaluated, as for the original
+    (evaluating it whole would score the members on their training windows)."""
+    members, genome = family
+    from transformers import AutoTokenizer
+
+    from fmaudit.corpus.fasta import file_sha256
+
+    folder = save_member(tmp_path / "m", tiny_model("bert", 69, seed=0),
+                         AutoTokenizer.from_pretrained(members[0]))
+    manifest = {"corpus": {"path": str(tmp_path / "moved-away.fa"),
+                           "file_sha256": file_sha256(genome), "options": {"holdout": "0.5"}}}
+    (folder / "fmaudit.json").write_text(json.dumps(manifest))
+    copy = tmp_path / "copy.fa"
+    copy.write_bytes(genome.read_bytes())
+    other = tmp_path / "other.fa"  # one base changed: another corpus, evaluated whole
+    other.write_bytes(genome.read_bytes().replace(b"A", b"C", 1))
+    splits = {}
+    for corpus in (copy, other):
+        out = tmp_path / f"out-{corpus.stem}"
+        code, _, err = run(["report", str(folder), "--corpus", str(corpus), *FAST, "--analyses",
+                            "predictions", "--out", str(out)], capsys)
+        assert code == 0, err
+        entry = json.loads((out / "report.json").read_text())["ensembles"]["model"]
+        splits[corpus.stem] = (entry["corpus"]["split"], entry["corpus"]["holdout"])
+    assert splits["copy"][0] == "holdout" and splits["copy"][1] is not None
+    assert splits["other"][0] == "all"
+
+
 def test_staging_left_by_a_killed_run_is_cleared(family, capsys, tmp_path):
     members, genome = family
     out = tmp_path / "out"

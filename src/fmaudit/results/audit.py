@@ -201,9 +201,11 @@ def eval_corpus(name: str, members: list[Member], cfg: AuditConfig) -> tuple[Any
     if path is not None:
         options = CorpusOptions(regions=tuple(cfg.regions)) if cfg.regions else CorpusOptions()
         corpus = open_corpus(path, options)
-        # a user-supplied corpus is evaluated whole unless it is the manifest's own corpus
+        # a user-supplied corpus is evaluated whole unless it is the manifest's own corpus: the
+        # same file, or a copy of it (the report hashes the file anyway, for its fingerprint)
         split = "all"
-        if manifest and _same_file(manifest_corpus_path(manifest, where), path):
+        if manifest and (_same_file(manifest_corpus_path(manifest, where), path)
+                         or _same_content(corpus, manifest, where)):
             corpus = open_corpus(path, manifest_corpus_options(manifest, cfg.regions, where))
             split = "holdout"
             _warn_if_changed(corpus, manifest, where)
@@ -227,6 +229,11 @@ def _warn_if_changed(corpus: Any, manifest: dict, where: str) -> None:
         progress.warn(f"{corpus.path}: the file differs from the one the members were trained "
                       f"on ({where} records sha256 {str(trained_on)[:12]}...); its held-out "
                       "split may overlap their training data")
+
+
+def _same_content(corpus: Any, manifest: dict, where: str) -> bool:
+    trained_on = _manifest_corpus(manifest, where).get("file_sha256")
+    return bool(trained_on) and corpus.file_sha256() == trained_on
 
 
 def _same_file(a: str | None, b: str) -> bool:
