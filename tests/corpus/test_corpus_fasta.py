@@ -365,6 +365,15 @@ def test_bad_fasta(tmp_path: Path, content: bytes, needle: str) -> None:
     assert needle in str(err.value) and str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("filler", [0, 70_000])  # the header in or after the sniffed head
+def test_utf8_in_a_header_is_accepted_wherever_it_is(tmp_path: Path, filler: int) -> None:
+    head = ">chr0\n" + "\n".join(["ACGT" * 15] * (filler // 61)) + "\n" if filler else ""
+    path = tmp_path / "u.fa"
+    path.write_bytes(f"{head}>chr1 Müller strain\nACGTACGTAC\n".encode())
+    c = open_corpus(path, CorpusOptions(holdout="0"))
+    assert c.records[-1] == "chr1" and c.read("chr1", 0, 10) == "ACGTACGTAC"
+
+
 def test_protein_letters_are_an_error_when_read(make_fasta) -> None:
     c = open_corpus(make_fasta({"p": "ACGT" * 10 + "QLMEF" + "ACGT" * 10}))
     with pytest.raises(FmauditError, match=r"p:41: 'Q' is not a nucleotide"):

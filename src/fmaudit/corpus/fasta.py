@@ -90,15 +90,21 @@ def sniff_fasta(path: Path, head: bytes) -> None:
     if b"\x00" in head:
         raise FmauditError(f"{path}: contains binary data, not FASTA text "
                            "(give a .fa/.fasta file, plain or bgzip-compressed)")
-    try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise FmauditError(f"{path}: byte {exc.start} is not ASCII; a FASTA file is plain "
-                           "ASCII text (is this a binary or a mis-named file?)") from None
-    stripped = text.lstrip()
+    # sequence lines are ASCII; header lines may name records in UTF-8 (as the indexer takes)
+    start = 0
+    for line in head.split(b"\n"):
+        if not line.startswith(b">"):
+            try:
+                line.decode("ascii")
+            except UnicodeDecodeError as exc:
+                raise FmauditError(f"{path}: byte {start + exc.start} is not ASCII; FASTA "
+                                   "sequence lines are plain ASCII text (is this a binary or a "
+                                   "mis-named file?)") from None
+        start += len(line) + 1
+    stripped = head.lstrip()
     if not stripped:
         raise FmauditError(f"{path}: the file is empty (only whitespace)")
-    if not stripped.startswith(">"):
+    if not stripped.startswith(b">"):
         raise FmauditError(f"{path}: not a FASTA file: the first line must start with '>' "
                            "(is it a text corpus? name it .txt)")
 
