@@ -124,3 +124,22 @@ def test_encoding_state_does_not_leak(dna) -> None:
 
     fresh = corpus_stats(dna, build_tokenizer("bpe:800", dna))
     assert corpus_stats(dna, tok)["tokens"] == fresh["tokens"]
+
+
+@pytest.mark.parametrize("spec", ["bpe:300", "char"])
+def test_special_token_names_in_text_are_text(text, spec: str, tmp_path) -> None:
+    """Prose that writes "[MASK]" or "[SEP]" is encoded as its characters: a special token
+    only comes from the post-processor ([CLS], [SEP]) or the masking, by id; so after a save
+    and reload too."""
+    from transformers import AutoTokenizer
+
+    tok = build_tokenizer(spec, text)
+    tok.save_pretrained(tmp_path / "tok")
+    sentence = "BERT replaces a word by [MASK], pads with [PAD] and ends with [SEP]."
+    for t in (tok, AutoTokenizer.from_pretrained(tmp_path / "tok")):
+        ids = token_ids(t, [sentence])[0]
+        assert not set(ids) & set(range(5))  # none of [PAD] [UNK] [CLS] [SEP] [MASK]
+        batch = encode_windows(t, [sentence], 128)
+        real = batch["attention_mask"][0].bool()
+        assert batch["special_tokens_mask"][0][real].tolist() == [1] + [0] * len(ids) + [1]
+        assert batch["input_ids"][0][real].tolist() == [2, *ids, 3]

@@ -136,9 +136,12 @@ def wrap(backend: Any, spec: str, alphabet: str, model_max_length: int) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     backend.post_processor = _post_processor()
+    # split_special_tokens: a corpus that writes "[MASK]" or "[SEP]" (prose about BERT) is
+    # text, not a mask or a separator; the specials come from the post-processor and the
+    # masking, by id (saved in tokenizer_config.json, so reloaded tokenizers keep it)
     return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=model_max_length,
                                    fmaudit_spec=spec, fmaudit_alphabet=alphabet,
-                                   **_specials_kwargs())
+                                   split_special_tokens=True, **_specials_kwargs())
 
 
 def build_tokenizer(spec: str, corpus: Any = None, *, model_max_length: int = 512) -> Any:
