@@ -94,3 +94,28 @@ def test_two_processes_equal_one(single, launcher: str):
     rep = _report(root / out)
     assert rep["settings"].pop("processes") == 2
     assert _close(one, rep) == []
+
+
+def test_killed_two_process_audit_resumes_to_the_same_report(single, tmp_path):
+    """Both processes save their own share; killed in the second member's Fisher pass, the
+    re-run reads back every process's prediction sums and the first member's Fisher result,
+    runs only the rest, and reduces to the single-process report."""
+    root, one = single
+    out = root / "two-resumed"
+    probe = str(Path(__file__).with_name("fmaudit_probe.py"))
+    command = [sys.executable, *LAUNCHERS["torchrun"], probe, *ARGS, "--out", str(out)]
+    killed = subprocess.run(command, cwd=root, env={**_env(), "FMAUDIT_PROBE": "kill-in-fisher:2"},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0 and not (out / "report.json").exists()
+    state = sorted(p.name for p in (out / ".fmaudit-resume").iterdir() if p.suffix != ".tmp")
+    assert state == [f"e0-{part}.rank{r}-of-2.safetensors"
+                     for part in ("fisher0", "predictions") for r in (0, 1)]
+    resumed = subprocess.run(command, cwd=root, env={**_env(), "FMAUDIT_PROBE": "count"},
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    for rank in (0, 1):  # members 1 and 2 only, no prediction batch
+        assert f"probe rank {rank}: fisher 2 batches 0" in resumed.stderr
+    rep = _report(out)
+    assert rep["settings"].pop("processes") == 2
+    assert _close(one, rep) == []
+    assert not (out / ".fmaudit-resume").exists()

@@ -91,12 +91,16 @@ def _corpus_map(values: tuple[str, ...], names: list[str]) -> dict:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write report.json (and report.html/.md) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
+@click.option("--resume-every", type=float, default=300.0, show_default=True, metavar="SECONDS",
+              help="With --out: save the passes' progress this often, so re-running the same "
+                   "command after an interruption resumes (0: never).")
 def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[str, ...],
            regions: tuple[str, ...], samples: int, seq_len: int | None, batch_size: int, seed: int,
            mask_prob: float, top_p: str, top_p_rule: str, ks: str, analyses: str,
            fisher_estimator: str, fisher_labels: str, fisher_samples: int, device: str,
            dtype: str, allow_pickle: bool, trust_remote_code: bool, gate_policy: str | None,
-           baseline: str | None, out_dir: str | None, as_json: bool) -> int:
+           baseline: str | None, out_dir: str | None, as_json: bool,
+           resume_every: float) -> int:
     """Audit checkpoint families (local folders or Hub ids, ranges like seed<0..4>)."""
     from fmaudit.models.specs import parse_ensemble_option
     from fmaudit.results.audit import AuditConfig
@@ -115,6 +119,8 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
                           ("--fisher-samples", fisher_samples)):
         if value < 1:
             raise FmauditError(f"{option} {value}: must be at least 1")
+    if not resume_every >= 0:  # also refuses nan
+        raise FmauditError(f"--resume-every {resume_every}: must be 0 (never) or more seconds")
     if seq_len is not None and seq_len < 4:
         raise FmauditError(f"--seq-len {seq_len}: must be at least 4")
     if not 0 < mask_prob <= 1:
@@ -144,7 +150,8 @@ def report(specs: tuple[str, ...], ensembles: tuple[str, ...], corpora: tuple[st
         analyses=analysis_names,
         fisher_estimator=fisher_estimator, fisher_labels=fisher_labels,
         fisher_samples=fisher_samples, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code, device=device, dtype=dtype, argv=sys.argv[1:])
+        trust_remote_code=trust_remote_code, device=device, dtype=dtype, argv=sys.argv[1:],
+        resume_dir=out_dir, resume_every=resume_every)
     baseline_data = None
     if baseline is not None:
         from fmaudit.gate import load_report
@@ -192,7 +199,11 @@ def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
     progress.quiet_libraries()
     report_data = run_audit(cfg)
     if not distributed.is_main():  # the main process holds the whole report: it gates, writes
-        return 0  # and prints; a failed gate fails the launcher through it
+        if out_dir is not None:  # and prints; a failed gate fails the launcher through it
+            from fmaudit.passes.resume import clear_state
+
+            clear_state(Path(out_dir), *distributed.rank_and_world())
+        return 0
     code = 0
     if policy is not None:
         from fmaudit.gate import run_gate
@@ -235,6 +246,7 @@ def write_report(report_data: dict, out: Path) -> None:
     import tempfile
 
     from fmaudit.io import atomic_write_json, interrupts_deferred, replace_path
+    from fmaudit.passes.resume import clear_state
     from fmaudit.report import render_report
     from fmaudit.report.render import check_targets
 
@@ -253,6 +265,7 @@ def write_report(report_data: dict, out: Path) -> None:
                     if item.name != "report.json":
                         replace_path(item, out / item.name)
                 replace_path(staging / "report.json", out / "report.json")
+        clear_state(out)  # the audit is written: its passes need no resume state any more
     except OSError as exc:
         raise FmauditError(f"--out {out}: cannot write the report "
                            f"({exc.strerror or type(exc).__name__})") from None

@@ -63,13 +63,14 @@ def make_batch(encoded: dict[str, torch.Tensor], window_ids: torch.Tensor, objec
 
 def batches(window_texts: Sequence[str], tokenizer, seq_len: int, objective: str, seed: int,
             mask_prob: float, batch_size: int, rank: int = 0, world: int = 1,
-            limit: int | None = None) -> Iterator[EvalBatch]:
-    """Batches of this process's share of the windows (the first ``limit`` windows if given)."""
+            limit: int | None = None, start_batch: int = 0) -> Iterator[EvalBatch]:
+    """Batches of this process's share of the windows (the first ``limit`` windows if given),
+    from its ``start_batch``-th batch on (a resumed pass skips what it has done, unread)."""
     from fmaudit.tokenizer import encode_windows
 
     n = len(window_texts) if limit is None else min(limit, len(window_texts))
     mine = list(range(rank, n, world))
-    for start in range(0, len(mine), batch_size):
+    for start in range(start_batch * batch_size, len(mine), batch_size):
         idx = mine[start:start + batch_size]
         encoded = encode_windows(tokenizer, [window_texts[i] for i in idx], seq_len)
         yield make_batch(encoded, torch.tensor(idx, dtype=torch.long), objective, seed, mask_prob,

@@ -20,6 +20,7 @@ from fmaudit.metrics import DisagreementAccumulator, NonFiniteLogitsError, Predi
 from fmaudit.passes.device import autocast, to_device
 from fmaudit.passes.distributed import all_reduce_sum, gather_objects
 from fmaudit.passes.eval_data import EvalBatch
+from fmaudit.passes.resume import Cadence, ResumeStore, Saved
 
 
 def target_logits(logits: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
@@ -89,6 +90,35 @@ class MemberForward:
         return logits, (out.hidden_states if want_hidden else None)
 
 
+def _state(preds: Sequence[PredictionAccumulator], disagreement: DisagreementAccumulator,
+           counts: torch.Tensor, label_counts: torch.Tensor, pooled: list[list[torch.Tensor]],
+           pooled_ids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The pass's whole state between two batches, as named CPU tensors."""
+    state = {f"predictions.{m}": acc.sums() for m, acc in enumerate(preds)}
+    state |= {"disagreement": disagreement.sums(), "counts": counts,
+              "label_counts": label_counts.cpu()}
+    if pooled_ids:
+        state["pooled_ids"] = torch.cat(pooled_ids)
+        state |= {f"pooled.{m}": torch.cat(p) for m, p in enumerate(pooled)}
+    return state
+
+
+def _restore(state: dict[str, torch.Tensor], preds: Sequence[PredictionAccumulator],
+             disagreement: DisagreementAccumulator, counts: torch.Tensor,
+             label_counts: torch.Tensor, pooled: list[list[torch.Tensor]],
+             pooled_ids: list[torch.Tensor]) -> None:
+    """Load :func:`_state` output into the pass's (fresh) accumulators and buffers."""
+    for m, acc in enumerate(preds):
+        acc.load_sums(state[f"predictions.{m}"])
+    disagreement.load_sums(state["disagreement"])
+    counts.copy_(state["counts"])
+    label_counts.copy_(state["label_counts"])
+    if "pooled_ids" in state:
+        pooled_ids.append(state["pooled_ids"])
+        for m, p in enumerate(pooled):
+            p.append(state[f"pooled.{m}"])
+
+
 def mean_pool(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean over real tokens of every layer's hidden states -> ``[B, layers, H]`` float32."""
     mask = attention_mask.unsqueeze(-1).float()  # [B, L, 1]
@@ -118,8 +148,17 @@ def run_prediction_pass(
     dtype: torch.dtype | None = None,
     contextual_windows: int = 0,
     progress: Any = None,
+    resume: ResumeStore | None = None,
+    resume_part: str = "predictions",
+    saved: Saved | None = None,
+    resume_key: Any = None,
 ) -> PredictionResult:
-    """Stream ``batches`` through every member; reduce sums over processes at the end."""
+    """Stream ``batches`` through every member; reduce sums over processes at the end.
+
+    ``resume``: save this process's sums there every ``resume.every_s`` seconds and at the end
+    of the stream, as ``resume_part`` (with ``resume_key``, see :meth:`ResumeStore.save`).
+    ``saved``: such a state to start from; ``batches`` must then begin after the
+    ``saved.progress`` batches it holds."""
     preds = [PredictionAccumulator(vocab_size) for _ in models]
     disagreement = DisagreementAccumulator(len(models), list(top_ps), top_p_rule)
     want_hidden = contextual_windows > 0
@@ -128,6 +167,18 @@ def run_prediction_pass(
     pooled_ids: list[torch.Tensor] = []
     counts = torch.zeros(2, dtype=torch.float64)  # windows, positions
     label_counts = torch.zeros(vocab_size, dtype=torch.float64, device=device)
+    done = 0  # batches in the sums
+    if saved is not None:
+        done = saved.progress
+        _restore(saved.tensors, preds, disagreement, counts, label_counts, pooled, pooled_ids)
+        if progress is not None:
+            progress.update(int(counts[0]))
+
+    def save() -> None:
+        resume.save(resume_part, done, _state(preds, disagreement, counts, label_counts,
+                                              pooled, pooled_ids), part_key=resume_key)
+
+    cadence = Cadence(resume.every_s if resume is not None else 0.0)
     with torch.inference_mode():
         for batch in batches:
             # decided on the CPU copy: no device synchronisation per batch
@@ -162,8 +213,13 @@ def run_prediction_pass(
             # index_add_, not bincount: bincount on CUDA reads the largest label back to the
             # host (a device synchronisation per batch)
             label_counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+            done += 1
+            if cadence.due():
+                save()
             if progress is not None:
                 progress.update(n_windows)
+    if resume is not None:  # the whole stream: a later interruption does not redo it
+        save()
     for acc in [*preds, disagreement]:
         acc.load_sums(all_reduce_sum(acc.sums()))
     counts = all_reduce_sum(counts)

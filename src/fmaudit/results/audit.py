@@ -69,6 +69,8 @@ class AuditConfig:
     device: str = "auto"
     dtype: str = "auto"
     argv: list[str] | None = None
+    resume_dir: str | None = None  # where the passes save resume state (None: nowhere)
+    resume_every: float = 300.0  # seconds between two saves of the prediction pass
 
 
 @dataclass
@@ -412,15 +414,21 @@ def run_audit(cfg: AuditConfig) -> dict:
 
         make_batches = functools.partial(_batches_for, texts, tok, seq_len, ref.objective, cfg,
                                          rank, world)
+        store = _resume_store(cfg, len(ensembles), name, members, entry["corpus"], seq_len,
+                              dtype, device, rank, world)
         pooled = None
         if "predictions" in cfg.analyses or "embeddings" in cfg.analyses:
             t0 = time.perf_counter()
-            ctx = cfg.contextual_windows if "embeddings" in cfg.analyses else 0
+            ctx = min(cfg.contextual_windows if "embeddings" in cfg.analyses else 0, len(texts))
+            part, part_key = "predictions", {"contextual_windows": ctx}
+            saved = store.load(part, part_key) if store is not None else None
             bar = progress.bar(total=len(texts), desc=f"{name}: predictions", unit="win")
             result = run_prediction_pass(
-                [m.model for m in members], [m.resolved.id for m in members], make_batches(),
+                [m.model for m in members], [m.resolved.id for m in members],
+                make_batches(start_batch=saved.progress if saved else 0),
                 vocab_size, cfg.top_p, cfg.top_p_rule, device, dtype,
-                contextual_windows=min(ctx, len(texts)), progress=bar)
+                contextual_windows=ctx, progress=bar, resume=store, resume_part=part,
+                saved=saved, resume_key=part_key)
             bar.close()
             entry["corpus"]["positions"] = result.positions
             pooled = result.pooled
@@ -444,7 +452,7 @@ def run_audit(cfg: AuditConfig) -> dict:
         if "fisher" in cfg.analyses:
             t0 = time.perf_counter()
             entry["fisher"] = fisher_section(members, make_batches, cfg, device, dtype,
-                                             min(cfg.fisher_samples, len(texts)))
+                                             min(cfg.fisher_samples, len(texts)), store)
             timing[f"{name}.fisher"] = time.perf_counter() - t0
         for m in members:
             m.model = None
@@ -471,11 +479,39 @@ def run_audit(cfg: AuditConfig) -> dict:
 
 def _batches_for(texts: Sequence[str], tok: Any, seq_len: int, objective: str, cfg: AuditConfig,
                  rank: int, world: int, limit_windows: int | None = None,
-                 batch_size: int | None = None) -> Any:
+                 batch_size: int | None = None, start_batch: int = 0) -> Any:
     from fmaudit.passes.eval_data import batches
 
     return batches(texts, tok, seq_len, objective, cfg.seed, cfg.mask_prob,
-                   batch_size or cfg.batch_size, rank=rank, world=world, limit=limit_windows)
+                   batch_size or cfg.batch_size, rank=rank, world=world, limit=limit_windows,
+                   start_batch=start_batch)
+
+
+def _resume_store(cfg: AuditConfig, index: int, name: str, members: list[Member],
+                  corpus: dict, seq_len: int, dtype: torch.dtype | None, device: torch.device,
+                  rank: int, world: int) -> Any:
+    """This ensemble's resume files under ``cfg.resume_dir`` (None without one). Their key is
+    everything the passes' sums depend on: each member's files (path, size, modification
+    time), the corpus and its windows, the settings, the device and the process layout."""
+    from fmaudit.passes.resume import STATE_DIR, ResumeStore, file_stamp
+
+    if cfg.resume_dir is None:
+        return None
+    key = {
+        "tool": tool_info(),  # other code or libraries may sum differently
+        "ensemble": [index, name],
+        "members": [[m.resolved.id, m.resolved.revision,
+                     [file_stamp(f) for f in sorted(m.resolved.path.iterdir())
+                      if f.is_file() and not f.name.startswith(".")]] for m in members],
+        "corpus": corpus,
+        "seq_len": seq_len,
+        "settings": [cfg.seed, cfg.samples, cfg.batch_size, cfg.mask_prob, list(cfg.top_p),
+                     cfg.top_p_rule, list(cfg.regions), cfg.fisher_estimator,
+                     cfg.fisher_labels, cfg.fisher_samples],
+        "device": [device.type, str(dtype)],
+    }
+    return ResumeStore(Path(cfg.resume_dir) / STATE_DIR, key, rank, world, cfg.resume_every,
+                       prefix=f"e{index}")
 
 
 def _corpus_summary(corpus: Any) -> dict:
@@ -512,18 +548,30 @@ def _member_info(m: Member) -> dict:
 
 
 def fisher_section(members: list[Member], make_batches: Any, cfg: AuditConfig,
-                   device: torch.device, dtype: torch.dtype | None, n_windows: int) -> dict:
+                   device: torch.device, dtype: torch.dtype | None, n_windows: int,
+                   store: Any = None) -> dict:
+    """The report's ``fisher`` block; with a resume ``store``, each member's (reduced) result
+    is saved when it is done, and a resumed run reads it instead of running it again."""
+    import dataclasses
+
     from fmaudit.metrics import coarse_split, group_shares, mean_std_members, shares_over_members
-    from fmaudit.passes.fisher import run_fisher_pass
+    from fmaudit.passes.fisher import FisherResult, run_fisher_pass
 
     results = []
-    for m in members:
+    for i, m in enumerate(members):
+        part = f"fisher{i}"
+        saved = store.load(part) if store is not None else None
+        if saved is not None:
+            results.append(FisherResult(**saved.extra))
+            continue
         bar = progress.bar(total=None, desc=f"{m.resolved.id}: fisher", unit="batch")
         results.append(run_fisher_pass(
             m.model, make_batches(n_windows, min(cfg.batch_size, 8)),
             estimator=cfg.fisher_estimator, labels=cfg.fisher_labels, seed=cfg.seed,
             device=device, dtype=dtype, vocab_size=len(m.tokenizer)))
         bar.close()
+        if store is not None:  # float sums round-trip exactly through JSON
+            store.save(part, 1, {}, extra=dataclasses.asdict(results[-1]))
     groups = results[0].groups
     tied = results[0].tied
 

@@ -1,0 +1,157 @@
+"""Resume state of an audit's long passes, so an interrupted ``fmaudit report --out`` goes on.
+
+The prediction pass streams sums (see :mod:`fmaudit.metrics.base`), so its whole state between
+two batches is a handful of float64 tensors: every ``every_s`` seconds it writes them, with the
+number of batches done, to ``OUT/.fmaudit-resume/``. A re-run of the same command loads them,
+skips those batches and adds the rest in the same order, so its report equals the uninterrupted
+one exactly. The Fisher pass is saved per member, when the member is done.
+
+Each file is safetensors (no pickle), written atomically, and carries the digest of everything
+that decides its content (members' weights, corpus, windows, settings, process rank and count).
+State from another run is ignored with a warning and overwritten; a finished report removes the
+folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmaudit import progress
+from fmaudit.io import atomic_path
+
+STATE_DIR = ".fmaudit-resume"
+_FORMAT = 1  # bump when the meaning of a saved state changes
+
+
+def digest(key: Any) -> str:
+    """sha256 of the canonical JSON of ``key`` (what a saved state must match)."""
+    text = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_stamp(path: Path) -> list:
+    """``[resolved path, size, mtime_ns]`` of a file: a changed checkpoint or corpus changes
+    it without reading gigabytes."""
+    resolved = Path(path).resolve()
+    st = resolved.stat()
+    return [str(resolved), st.st_size, st.st_mtime_ns]
+
+
+@dataclass
+class Saved:
+    """A loaded state: ``progress`` (batches done), its tensors and its JSON ``extra``."""
+
+    progress: int
+    tensors: dict[str, torch.Tensor]
+    extra: Any
+
+
+class ResumeStore:
+    """One process's resume files in ``folder``, for one run identified by ``key``.
+
+    Args:
+        folder: ``OUT/.fmaudit-resume``.
+        key: JSON-able description of the run (digested; see :func:`digest`).
+        rank, world: this process and the process count (each process saves its own share).
+        every_s: seconds between two saves of a streaming pass (0: no resume state at all).
+        prefix: starts every file name (one store per ensemble shares the folder).
+    """
+
+    def __init__(self, folder: Path, key: Any, rank: int = 0, world: int = 1,
+                 every_s: float = 300.0, prefix: str = "run") -> None:
+        self.folder = Path(folder)
+        self.prefix = prefix
+        self.rank, self.world = rank, world
+        self.every_s = float(every_s)
+        self.digest = digest({"format": _FORMAT, "key": key, "rank": rank, "world": world})
+        self._warned = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_s > 0
+
+    def path(self, part: str) -> Path:
+        return self.folder / f"{self.prefix}-{part}.rank{self.rank}-of-{self.world}.safetensors"
+
+    def _digest(self, part_key: Any) -> str:
+        return digest({"run": self.digest, "part": part_key})
+
+    def load(self, part: str, part_key: Any = None) -> Saved | None:
+        """The saved state of ``part``, or None (none, another run's, or unreadable: warned).
+        ``part_key``: what else decides this part (as given to :meth:`save`)."""
+        from safetensors import SafetensorError, safe_open
+
+        path = self.path(part)
+        if not self.enabled or not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("digest") != self._digest(part_key):
+                    self._ignore(path, "it belongs to a run with other inputs or settings")
+                    return None
+                tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+            return Saved(int(meta["progress"]), tensors, json.loads(meta.get("extra", "null")))
+        except (OSError, SafetensorError, KeyError, ValueError) as exc:
+            self._ignore(path, f"it cannot be read ({exc})")
+            return None
+
+    def _ignore(self, path: Path, why: str) -> None:
+        if not self._warned:
+            progress.warn(f"{path}: not resuming from this state, {why}; starting afresh")
+            self._warned = True
+
+    def save(self, part: str, progress_done: int, tensors: dict[str, torch.Tensor],
+             extra: Any = None, part_key: Any = None) -> None:
+        """Write ``part``'s state atomically: ``progress_done`` batches are in it."""
+        from safetensors.torch import save_file
+
+        if not self.enabled:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta = {"digest": self._digest(part_key), "progress": str(int(progress_done)),
+                "extra": json.dumps(extra)}
+        host = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+        with atomic_path(self.path(part)) as tmp:
+            save_file(host, str(tmp), metadata=meta)
+
+
+def clear_state(out: Path, rank: int | None = None, world: int | None = None) -> None:
+    """Remove the resume state under the output folder ``out``: all of it, or (with ``rank``
+    and ``world``) that process's files, and the folder once it is empty."""
+    folder = Path(out) / STATE_DIR
+    if rank is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for path in folder.glob(f"*.rank{rank}-of-{world}.safetensors"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+class Cadence:
+    """``due()`` is True once every ``every_s`` seconds (never for ``every_s <= 0``)."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = float(every_s)
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        if self.every_s <= 0:
+            return False
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            return True
+        return False
+
