@@ -185,6 +185,75 @@ def test_a_different_run_is_refused_unless_overwrite(tmp_path: Path) -> None:
     assert again[0]["status"] == "trained"  # --overwrite starts over even on the same run
 
 
+def test_same_holdout_spelled_otherwise_is_the_same_run(tmp_path: Path) -> None:
+    from fmaudit.corpus import CorpusOptions
+
+    recipe = load_recipe("tiny").replace(max_steps=2)
+    train_ensemble(bundled("dna"), tmp_path, recipe, seeds=1,
+                   corpus_options=CorpusOptions(holdout="0.1"))
+    for spelling in ("0.10", ".1", "1e-1"):
+        again = train_ensemble(bundled("dna"), tmp_path, recipe, seeds=1,
+                               corpus_options=CorpusOptions(holdout=spelling))
+        assert again[0]["status"] == "skipped"
+    # another holdout is another run, and the refusal says which option changed
+    with pytest.raises(FmauditError, match=r"different run \(corpus holdout '0.1' -> '0.2'\)"):
+        train_ensemble(bundled("dna"), tmp_path, recipe, seeds=1,
+                       corpus_options=CorpusOptions(holdout="0.2"))
+
+
+def test_another_precision_is_another_run(tmp_path: Path) -> None:
+    """A member trained half in fp32 and half in bf16, or an ensemble of both, is not the
+    matched ensemble its manifests would claim: resuming or extending it in another
+    precision is refused."""
+    recipe = load_recipe("tiny").replace(max_steps=2)
+    train_ensemble(bundled("dna"), tmp_path, recipe, seeds=1, mixed_precision="no")
+    with pytest.raises(FmauditError, match=r"different run \(mixed precision 'no' -> 'bf16'\)"):
+        train_ensemble(bundled("dna"), tmp_path, recipe, seeds=2, mixed_precision="bf16")
+    assert not (tmp_path / "seed1").exists()
+    run = json.loads((tmp_path / "fmaudit-run.json").read_text())
+    assert run["mixed_precision"] == "no"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 needs a GPU: refused on CPU only")
+def test_fp16_on_cpu_is_refused(tmp_path: Path) -> None:
+    """accelerate would run it as fp32 without a word, and the manifest would say fp16."""
+    with pytest.raises(FmauditError, match="--mixed-precision fp16: needs a CUDA GPU"):
+        train_ensemble(bundled("dna"), tmp_path / "out", "tiny", seeds=1, mixed_precision="fp16")
+    assert not (tmp_path / "out").exists()
+
+
+def test_leftovers_of_a_killed_checkpoint_write_are_swept(tmp_path: Path) -> None:
+    """A kill -9 inside an atomic folder write leaves its hidden staging folder (a checkpoint's
+    size): training that member again removes it, and other members' are left alone."""
+    recipe = load_recipe("tiny").replace(max_steps=2)
+    train_ensemble(bundled("dna"), tmp_path, recipe, seeds=[1])
+    left = [tmp_path / ".seed0.k9x.tmp", tmp_path / "init" / ".seed0.k9x.tmp",
+            tmp_path / ".seed1.k9x.tmp", tmp_path / ".seed2.k9x.tmp"]
+    for folder in left:
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"partial")
+    done = train_ensemble(bundled("dna"), tmp_path, recipe, seeds=[0, 1])
+    assert [m["status"] for m in done] == ["trained", "skipped"]
+    assert [f.exists() for f in left] == [False, False, False, True]
+
+
+def test_checkpoints_have_the_usual_permissions(tmp_path: Path) -> None:
+    """transformers and safetensors stage files with mkstemp (0600): the group could not read
+    the weights that every other output shares."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(0o022)
+    try:
+        train_ensemble(bundled("dna"), tmp_path, load_recipe("tiny").replace(max_steps=1),
+                       seeds=1)
+    finally:
+        os.umask(mask)
+    for folder in (tmp_path / "seed0", tmp_path / "init" / "seed0"):
+        assert oct((folder / "model.safetensors").stat().st_mode & 0o777) == oct(0o644)
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o755)
+
+
 def test_sampled_stream_for_large_corpora(tmp_path: Path) -> None:
     """Above the tiling threshold windows are drawn per chunk of steps; still matched."""
     recipe = load_recipe("tiny").replace(max_steps=4)

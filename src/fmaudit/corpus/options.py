@@ -63,7 +63,15 @@ class CorpusOptions:
             object.__setattr__(self, name, float(value))
         if self.kind is not None and self.kind not in KINDS:
             raise FmauditError(f"kind: must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        parse_holdout(self.holdout)  # fail early on a malformed value
+        # fail early on a malformed value; one spelling per holdout ("0.10", ".1" -> "0.1";
+        # "chr8, chr9" -> "chr8,chr9"), so the fingerprint of a run does not depend on it
+        held = parse_holdout(self.holdout)
+        if held.fraction is not None:
+            text = repr(held.fraction)
+            canonical = text[:-2] if text.endswith(".0") else text
+        else:
+            canonical = ",".join(held.contigs)
+        object.__setattr__(self, "holdout", canonical)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (tuples become lists); ``CorpusOptions(**d)`` rebuilds it."""

@@ -203,6 +203,9 @@ def check_run_identity(out: Path, identity: dict[str, Any], overwrite: bool) -> 
         raise
     same = all(old.get(k) == identity[k]
                for k in ("recipe_fingerprint", "corpus_fingerprint", "vary"))
+    # members trained at one precision (a run file older than this key is taken as matching)
+    same = same and old.get("mixed_precision", identity.get("mixed_precision")) == \
+        identity.get("mixed_precision")
     if same:
         return True
     if not overwrite:
@@ -221,8 +224,14 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
         if old_recipe.get(key) != new_recipe[key]:
             parts.append(f"{key} {old_recipe.get(key)!r} -> {new_recipe[key]!r}")
     if old.get("corpus_fingerprint") != new["corpus_fingerprint"]:
-        parts.append(f"corpus {(old.get('corpus') or {}).get('path')!r} -> "
-                     f"{new['corpus']['path']!r}")
+        old_corpus, new_corpus = old.get("corpus") or {}, new["corpus"]
+        named = [f"{key} {old_corpus.get(key)!r} -> {new_corpus.get(key)!r}"
+                 for key in ("path", "holdout", "regions")
+                 if old_corpus.get(key) != new_corpus.get(key)]
+        parts += [f"corpus {n}" for n in named] or ["corpus content (the file changed)"]
+    if old.get("mixed_precision", new.get("mixed_precision")) != new.get("mixed_precision"):
+        parts.append(f"mixed precision {old.get('mixed_precision')!r} -> "
+                     f"{new.get('mixed_precision')!r}")
     if old.get("vary") != new["vary"]:
         parts.append(f"vary {old.get('vary')!r} -> {new['vary']!r}")
     return "; ".join(parts[:4]) + ("; ..." if len(parts) > 4 else "") if parts else "unreadable"
