@@ -40,6 +40,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
     try:
         yield tmp_path
+        # again: a writer that replaced the file (safetensors does) left mkstemp's 0600
+        os.chmod(tmp_path, 0o666 & ~_umask())
         if special:
             with open(tmp_path, "rb") as src, open(path, "wb") as dst:
                 shutil.copyfileobj(src, dst)
@@ -141,10 +143,25 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
+        _usual_permissions(tmp)
         replace_path(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Files 0666 and folders 0777 less the umask, under ``folder``: writers that stage through
+    ``mkstemp`` (transformers' and safetensors' checkpoint writers do) leave 0600, which others
+    in a shared group cannot read."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
 
 
 def probe_write(folder: str | os.PathLike[str]) -> None:

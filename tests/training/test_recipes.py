@@ -148,6 +148,13 @@ def test_a_recipe_file_is_checked_with_the_flags_applied(tmp_path: Path) -> None
         load_recipe(str(path), {"max_steps": 2, "batch_size": 25})
     with pytest.raises(FmauditError, match=f"{path}: batch_size"):
         load_recipe(str(path), {"max_steps": 2})
+    # a rule between two keys names the flag that set either of them
+    with pytest.raises(FmauditError, match="command line: batch_size"):
+        load_recipe("tiny", {"grad_accum": 3})
+    with pytest.raises(FmauditError, match="command line: hidden_size"):
+        load_recipe("tiny", {"num_heads": 5})
+    with pytest.raises(FmauditError, match=f"{path}: batch_size"):
+        load_recipe(str(path), {"max_steps": 2, "lr": 1e-3})
 
 
 def test_toml_round_trip_is_exact() -> None:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -151,6 +152,9 @@ def resolve_mixed_precision(value: str) -> str | None:
     if value not in MIXED_PRECISION:
         raise FmauditError(f"--mixed-precision {value!r}: must be one of "
                            f"{', '.join(MIXED_PRECISION)}")
+    if value == "fp16" and not torch.cuda.is_available():
+        # accelerate runs fp16 on the CPU as fp32 without a word: the manifest would lie
+        raise FmauditError("--mixed-precision fp16: needs a CUDA GPU (on the CPU use bf16 or no)")
     if value != "auto":
         return value
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
@@ -340,8 +344,11 @@ def train_ensemble(
     with output_dir(out, "--out"):
         corpus = open_corpus(corpus_path, corpus_options)
         recipe = resolve_tokenizer(recipe, corpus.kind)
-        identity = mf.run_identity(recipe, corpus.summary(), vary)
         accelerator = make_accelerator(recipe, mixed_precision, log_with, out)
+        # the precision accelerate settled on (auto, a launcher's) is part of the run: members
+        # of one ensemble, and the steps of one member across a resume, share it
+        identity = {**mf.run_identity(recipe, corpus.summary(), vary),
+                    "mixed_precision": str(accelerator.mixed_precision)}
         world = accelerator.num_processes
         if recipe.batch_size % (recipe.grad_accum * world):
             raise FmauditError(f"--batch-size {recipe.batch_size}: must be a multiple of "
@@ -402,6 +409,9 @@ def _train_one(accelerator: Any, data: PreparedData, identity: dict[str, Any], o
 
     member = mf.member_dir(out, seed)
     work = mf.work_dir(out, seed)
+    if accelerator.is_main_process:  # what a kill during this member's checkpoint writes left
+        for stale in [*out.glob(f".seed{seed}.*.tmp"), *(out / mf.INIT).glob(f".seed{seed}.*.tmp")]:
+            shutil.rmtree(stale, ignore_errors=True)
     data_seed = seed if vary == "data-order" else data.recipe.data_seed
     recipe = data.recipe.replace(data_seed=data_seed)
     if mf.is_done(out, seed):

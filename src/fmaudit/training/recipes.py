@@ -180,19 +180,23 @@ def _construct(data: dict[str, Any], source: str,
     try:
         return Recipe(**clean)
     except _RecipeValueError as exc:
-        raise _fail(where(exc.key), exc.key, exc.problem, exc.fix) from None
+        # a rule between two keys is the doing of whichever of them a flag set
+        blamed = next((where(k) for k in (exc.key, *exc.related) if where(k) != source), source)
+        raise _fail(blamed, exc.key, exc.problem, exc.fix) from None
 
 
 class _RecipeValueError(ValueError):
-    def __init__(self, key: str, problem: str, fix: str | None = None) -> None:
+    def __init__(self, key: str, problem: str, fix: str | None = None,
+                 related: tuple[str, ...] = ()) -> None:
         super().__init__(f"{key} {problem}")
-        self.key, self.problem, self.fix = key, problem, fix
+        self.key, self.problem, self.fix, self.related = key, problem, fix, related
 
 
 def _validate(r: Recipe) -> None:
-    def need(ok: bool, key: str, problem: str, fix: str | None = None) -> None:
+    def need(ok: bool, key: str, problem: str, fix: str | None = None,
+             related: tuple[str, ...] = ()) -> None:
         if not ok:
-            raise _RecipeValueError(key, problem, fix)
+            raise _RecipeValueError(key, problem, fix, related)
 
     for key in ("seq_len", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                 "batch_size", "grad_accum", "eval_every", "eval_windows"):
@@ -223,9 +227,11 @@ def _validate(r: Recipe) -> None:
         object.__setattr__(r, "tokenizer", spec)  # canonical form: "kmer" -> "kmer:6"
     need(r.seq_len >= 4, "seq_len", f"must be >= 4 ([CLS] + tokens + [SEP]), got {r.seq_len}")
     need(r.hidden_size % r.num_heads == 0, "hidden_size",
-         f"({r.hidden_size}) must be a multiple of num_heads ({r.num_heads})")
+         f"({r.hidden_size}) must be a multiple of num_heads ({r.num_heads})",
+         related=("num_heads",))
     need(r.batch_size % r.grad_accum == 0, "batch_size",
-         f"({r.batch_size}) must be a multiple of grad_accum ({r.grad_accum})")
+         f"({r.batch_size}) must be a multiple of grad_accum ({r.grad_accum})",
+         related=("grad_accum",))
     need(math.isfinite(r.lr) and r.lr > 0, "lr", f"must be > 0, got {r.lr}")
     need(math.isfinite(r.weight_decay) and r.weight_decay >= 0, "weight_decay",
          f"must be >= 0, got {r.weight_decay}")
