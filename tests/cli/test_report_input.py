@@ -208,6 +208,22 @@ def test_a_copy_of_the_training_corpus_is_evaluated_on_its_holdout(family, capsy
     assert splits["other"][0] == "all"
 
 
+def test_regions_that_leave_out_the_heldout_contig_name_regions(family, capsys, tmp_path):
+    """The members were trained holding out chr2; `report` has no --holdout, so the error
+    names what the user gave (--regions) and where the holdout comes from (the manifest)."""
+    members, genome = family
+    from transformers import AutoTokenizer
+
+    folder = save_member(tmp_path / "m", tiny_model("bert", 69, seed=0),
+                         AutoTokenizer.from_pretrained(members[0]))
+    manifest = {"corpus": {"path": str(genome), "options": {"holdout": "chr2"}}}
+    (folder / "fmaudit.json").write_text(json.dumps(manifest))
+    code, _, err = run(["report", str(folder), *FAST, "--regions", "chr1"], capsys)
+    one_line_error(code, err, "--regions chr1: leaves out the members' held-out contig(s) chr2",
+                   str(folder / "fmaudit.json"))
+    assert "--holdout" not in err
+
+
 def test_staging_left_by_a_killed_run_is_cleared(family, capsys, tmp_path):
     members, genome = family
     out = tmp_path / "out"

@@ -96,6 +96,23 @@ def test_two_processes_equal_one(single, launcher: str):
     assert _close(one, rep) == []
 
 
+def test_batch_fisher_estimator_two_processes_equal_one(single):
+    """The batch estimator squares batch-mean gradients, so it depends on which windows share
+    a batch: the Fisher pass deals the single-process batches whole to the processes."""
+    root, _ = single
+    args = [*ARGS[:ARGS.index("--gate")], "--analyses", "fisher", "--fisher-estimator", "batch"]
+    reports = {}
+    for name, launcher in (("one", []), ("two", LAUNCHERS["torchrun"])):
+        out = f"batch-{name}"
+        run = subprocess.run([sys.executable, *launcher, "-m", "fmaudit", *args, "--out", out],
+                             cwd=root, env=_env(), capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        reports[name] = _report(root / out)
+        reports[name]["settings"].pop("processes")
+    assert reports["one"]["ensembles"]["model"]["fisher"]["estimator"] == "batch"
+    assert _close(reports["one"], reports["two"]) == []
+
+
 def test_killed_two_process_audit_resumes_to_the_same_report(single, tmp_path):
     """Both processes save their own share; killed in the second member's Fisher pass, the
     re-run reads back every process's prediction sums and the first member's Fisher result,

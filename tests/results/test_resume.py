@@ -264,3 +264,22 @@ def test_batches_from_a_start_batch_skip_exactly_those():
                 assert torch.equal(a.window_ids, b.window_ids)
                 assert torch.equal(a.input_ids, b.input_ids)
                 assert torch.equal(a.labels, b.labels)
+
+
+def test_whole_batches_deal_the_single_process_batches():
+    """Dealt whole, every process's batches are single-process batches, each exactly once."""
+    tok = build_tokenizer("kmer:3")
+    texts = [random_dna(60, i) for i in range(11)]
+
+    def ids(rank: int, world: int, start: int = 0) -> list[list[int]]:
+        return [b.window_ids.tolist() for b in batches(
+            texts, tok, 16, "mlm", 0, 0.15, 3, rank=rank, world=world, whole_batches=True,
+            start_batch=start)]
+
+    single = ids(0, 1)
+    assert single == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
+    for world in (2, 3, 5):
+        dealt = [ids(rank, world) for rank in range(world)]
+        assert sorted(b for part in dealt for b in part) == single
+        assert dealt[0][0] == single[0] and dealt[1][0] == single[1]
+    assert ids(1, 2, start=1) == [single[3]]

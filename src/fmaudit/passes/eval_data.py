@@ -63,15 +63,24 @@ def make_batch(encoded: dict[str, torch.Tensor], window_ids: torch.Tensor, objec
 
 def batches(window_texts: Sequence[str], tokenizer, seq_len: int, objective: str, seed: int,
             mask_prob: float, batch_size: int, rank: int = 0, world: int = 1,
-            limit: int | None = None, start_batch: int = 0) -> Iterator[EvalBatch]:
+            limit: int | None = None, start_batch: int = 0,
+            whole_batches: bool = False) -> Iterator[EvalBatch]:
     """Batches of this process's share of the windows (the first ``limit`` windows if given),
-    from its ``start_batch``-th batch on (a resumed pass skips what it has done, unread)."""
+    from its ``start_batch``-th batch on (a resumed pass skips what it has done, unread).
+
+    The share is window ``i`` for ``i mod world == rank``; with ``whole_batches``, the
+    single-process batches themselves are dealt (batch ``b`` for ``b mod world == rank``), for
+    sums over batches that depend on which windows share one (the batch Fisher estimator)."""
     from fmaudit.tokenizer import encode_windows
 
     n = len(window_texts) if limit is None else min(limit, len(window_texts))
-    mine = list(range(rank, n, world))
-    for start in range(start_batch * batch_size, len(mine), batch_size):
-        idx = mine[start:start + batch_size]
+    if whole_batches:
+        groups = [list(range(s, min(n, s + batch_size))) for s in range(0, n, batch_size)]
+        mine_batches = groups[rank::world]
+    else:
+        mine = list(range(rank, n, world))
+        mine_batches = [mine[s:s + batch_size] for s in range(0, len(mine), batch_size)]
+    for idx in mine_batches[start_batch:]:
         encoded = encode_windows(tokenizer, [window_texts[i] for i in idx], seq_len)
         yield make_batch(encoded, torch.tensor(idx, dtype=torch.long), objective, seed, mask_prob,
                          tokenizer.mask_token_id)

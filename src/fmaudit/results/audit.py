@@ -208,7 +208,7 @@ def eval_corpus(name: str, members: list[Member], cfg: AuditConfig) -> tuple[Any
         split = "all"
         if manifest and (_same_file(manifest_corpus_path(manifest, where), path)
                          or _same_content(corpus, manifest, where)):
-            corpus = open_corpus(path, manifest_corpus_options(manifest, cfg.regions, where))
+            corpus = _open_heldout(path, manifest, cfg.regions, where)
             split = "holdout"
             _warn_if_changed(corpus, manifest, where)
         return corpus, split
@@ -219,9 +219,30 @@ def eval_corpus(name: str, members: list[Member], cfg: AuditConfig) -> tuple[Any
     if mpath is None or not Path(mpath).exists():
         raise FmauditError(f"ensemble {name!r}: the manifest's corpus {mpath} is not available "
                            "here; pass --corpus")
-    corpus = open_corpus(mpath, manifest_corpus_options(manifest, cfg.regions, where))
+    corpus = _open_heldout(mpath, manifest, cfg.regions, where)
     _warn_if_changed(corpus, manifest, where)
     return corpus, "holdout"
+
+
+def _open_heldout(path: str, manifest: dict, regions: Sequence[str], where: str) -> Any:
+    """The corpus with the members' training options (their held-out split), and --regions.
+    A holdout problem is the manifest's and --regions', not a --holdout this command lacks."""
+    from fmaudit.corpus import open_corpus
+
+    try:
+        return open_corpus(path, manifest_corpus_options(manifest, tuple(regions), where))
+    except FmauditError as exc:
+        message = str(exc)
+        if not message.startswith("--holdout"):
+            raise
+        holdout = manifest_corpus_options(manifest, (), where).holdout
+        if regions and "not among the selected regions" in message:
+            raise FmauditError(f"--regions {','.join(regions)}: leaves out the members' "
+                               f"held-out contig(s) {holdout} ({where}); include them in "
+                               "--regions") from None
+        reason = message.split(": ", 1)[-1]
+        raise FmauditError(f"{where}: the members' held-out split (holdout {holdout}): "
+                           f"{reason}") from None
 
 
 def _warn_if_changed(corpus: Any, manifest: dict, where: str) -> None:
@@ -479,12 +500,13 @@ def run_audit(cfg: AuditConfig) -> dict:
 
 def _batches_for(texts: Sequence[str], tok: Any, seq_len: int, objective: str, cfg: AuditConfig,
                  rank: int, world: int, limit_windows: int | None = None,
-                 batch_size: int | None = None, start_batch: int = 0) -> Any:
+                 batch_size: int | None = None, start_batch: int = 0,
+                 whole_batches: bool = False) -> Any:
     from fmaudit.passes.eval_data import batches
 
     return batches(texts, tok, seq_len, objective, cfg.seed, cfg.mask_prob,
                    batch_size or cfg.batch_size, rank=rank, world=world, limit=limit_windows,
-                   start_batch=start_batch)
+                   start_batch=start_batch, whole_batches=whole_batches)
 
 
 def _resume_store(cfg: AuditConfig, index: int, name: str, members: list[Member],
@@ -566,7 +588,9 @@ def fisher_section(members: list[Member], make_batches: Any, cfg: AuditConfig,
             continue
         bar = progress.bar(total=None, desc=f"{m.resolved.id}: fisher", unit="batch")
         results.append(run_fisher_pass(
-            m.model, make_batches(n_windows, min(cfg.batch_size, 8)),
+            # whole batches to each process: the batch estimator squares batch means, and the
+            # per-token one then computes its gradients in the single process's batch shapes
+            m.model, make_batches(n_windows, min(cfg.batch_size, 8), whole_batches=True),
             estimator=cfg.fisher_estimator, labels=cfg.fisher_labels, seed=cfg.seed,
             device=device, dtype=dtype, vocab_size=len(m.tokenizer)))
         bar.close()
