@@ -157,6 +157,38 @@ def test_unreadable_state_is_ignored_with_a_warning(family, clean, tmp_path, cap
     assert not (out / STATE_DIR).exists()
 
 
+def _doctor(path: Path, tensors=None, extra=None) -> None:
+    """Rewrite a state file with its own digest (so it is taken as this run's) but other
+    content, as a bug or a hand edit could leave it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata())
+        old = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+    if extra is not None:
+        meta["extra"] = json.dumps(extra)
+    save_file(old if tensors is None else tensors(old), str(path), metadata=meta)
+
+
+def test_state_that_does_not_fit_is_ignored_with_a_warning(family, clean, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        _count_fisher(mp, stop_at=2)
+        run_main(_argv(family, out), capsys)
+    folder = out / STATE_DIR
+    _doctor(folder / "e0-predictions.rank0-of-1.safetensors",  # a sum vector cut short
+            tensors=lambda t: {**t, "disagreement": t["disagreement"][:-1]})
+    _doctor(folder / "e0-fisher0.rank0-of-1.safetensors", extra={"groups": []})
+    with pytest.MonkeyPatch.context() as mp:
+        updates, fisher = _count_updates(mp), _count_fisher(mp)
+        code, _, err = run_main(_argv(family, out), capsys)
+    assert code == 0, err
+    assert "its tensors do not fit this pass" in err and err.count("warning") == 1
+    assert updates.n == 4 and fisher.n == 3  # everything again
+    assert _report(out) == clean
+
+
 def test_resume_every_zero_saves_nothing(family, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.MonkeyPatch.context() as mp:

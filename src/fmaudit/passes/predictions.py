@@ -23,6 +23,10 @@ from fmaudit.passes.eval_data import EvalBatch
 from fmaudit.passes.resume import Cadence, ResumeStore, Saved
 
 
+class UnusableStateError(Exception):
+    """A saved state whose tensors do not fit this pass (nothing was run yet)."""
+
+
 def target_logits(logits: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
     """``logits [B, L, V]`` at the flattened positions ``flat_index [N]`` (the row-major
     ``target_mask.flatten().nonzero()``, computed on the CPU so no device sync is needed)
@@ -169,8 +173,12 @@ def run_prediction_pass(
     label_counts = torch.zeros(vocab_size, dtype=torch.float64, device=device)
     done = 0  # batches in the sums
     if saved is not None:
+        try:
+            _restore(saved.tensors, preds, disagreement, counts, label_counts, pooled,
+                     pooled_ids)
+        except (KeyError, ValueError, RuntimeError) as exc:  # names or shapes that do not fit
+            raise UnusableStateError(f"{type(exc).__name__}: {exc}") from None
         done = saved.progress
-        _restore(saved.tensors, preds, disagreement, counts, label_counts, pooled, pooled_ids)
         if progress is not None:
             progress.update(int(counts[0]))
 

@@ -97,17 +97,22 @@ class ResumeStore:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 if meta.get("digest") != self._digest(part_key):
-                    self._ignore(path, "it belongs to a run with other inputs or settings")
+                    self.ignore(part, "it belongs to a run with other inputs or settings")
                     return None
                 tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
-            return Saved(int(meta["progress"]), tensors, json.loads(meta.get("extra", "null")))
+            done = int(meta["progress"])
+            if done < 0:
+                raise ValueError(f"{done} batches done")
+            return Saved(done, tensors, json.loads(meta.get("extra", "null")))
         except (OSError, SafetensorError, KeyError, ValueError) as exc:
-            self._ignore(path, f"it cannot be read ({exc})")
+            self.ignore(part, f"it cannot be read ({exc})")
             return None
 
-    def _ignore(self, path: Path, why: str) -> None:
+    def ignore(self, part: str, why: str) -> None:
+        """Say (once per store) that ``part``'s saved state is not used, and why."""
         if not self._warned:
-            progress.warn(f"{path}: not resuming from this state, {why}; starting afresh")
+            progress.warn(f"{self.path(part)}: not resuming from this state, {why}; starting "
+                          "afresh")
             self._warned = True
 
     def save(self, part: str, progress_done: int, tensors: dict[str, torch.Tensor],

@@ -377,7 +377,7 @@ def unigram_cross_entropy(train_counts: torch.Tensor, label_counts: torch.Tensor
 # ----------------------------------------------------------------------------- the audit
 def run_audit(cfg: AuditConfig) -> dict:
     """Audit every ensemble in ``cfg`` and return the report dict (docs/report-schema.md)."""
-    from fmaudit.passes.predictions import run_prediction_pass
+    from fmaudit.passes.predictions import UnusableStateError, run_prediction_pass
     from fmaudit.tokenizer import unk_fraction, window_chars
 
     for a in cfg.analyses:
@@ -443,14 +443,20 @@ def run_audit(cfg: AuditConfig) -> dict:
             ctx = min(cfg.contextual_windows if "embeddings" in cfg.analyses else 0, len(texts))
             part, part_key = "predictions", {"contextual_windows": ctx}
             saved = store.load(part, part_key) if store is not None else None
-            bar = progress.bar(total=len(texts), desc=f"{name}: predictions", unit="win")
-            result = run_prediction_pass(
-                [m.model for m in members], [m.resolved.id for m in members],
-                make_batches(start_batch=saved.progress if saved else 0),
-                vocab_size, cfg.top_p, cfg.top_p_rule, device, dtype,
-                contextual_windows=ctx, progress=bar, resume=store, resume_part=part,
-                saved=saved, resume_key=part_key)
-            bar.close()
+            for attempt in (saved, None):  # a state that does not fit: warned, run afresh
+                bar = progress.bar(total=len(texts), desc=f"{name}: predictions", unit="win")
+                try:
+                    result = run_prediction_pass(
+                        [m.model for m in members], [m.resolved.id for m in members],
+                        make_batches(start_batch=attempt.progress if attempt else 0),
+                        vocab_size, cfg.top_p, cfg.top_p_rule, device, dtype,
+                        contextual_windows=ctx, progress=bar, resume=store, resume_part=part,
+                        saved=attempt, resume_key=part_key)
+                    break
+                except UnusableStateError as exc:
+                    store.ignore(part, f"its tensors do not fit this pass ({exc})")
+                finally:
+                    bar.close()
             entry["corpus"]["positions"] = result.positions
             pooled = result.pooled
             if "predictions" in cfg.analyses:
@@ -584,8 +590,11 @@ def fisher_section(members: list[Member], make_batches: Any, cfg: AuditConfig,
         part = f"fisher{i}"
         saved = store.load(part) if store is not None else None
         if saved is not None:
-            results.append(FisherResult(**saved.extra))
-            continue
+            try:
+                results.append(FisherResult(**saved.extra))
+                continue
+            except TypeError as exc:  # not the fields of a result
+                store.ignore(part, f"it does not hold a Fisher result ({exc})")
         bar = progress.bar(total=None, desc=f"{m.resolved.id}: fisher", unit="batch")
         results.append(run_fisher_pass(
             # whole batches to each process: the batch estimator squares batch means, and the
