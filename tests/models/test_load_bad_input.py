@@ -365,3 +365,28 @@ def test_missing_member_beside_local_ones_is_not_looked_up_on_the_hub(family, mo
     monkeypatch.setattr(mload, "_hub_download", lambda *a, **k: pytest.fail("went to the Hub"))
     with pytest.raises(FmauditError, match=r"bert/seed7: no such folder \(bert/ is a local"):
         mload.resolve_member(MemberSpec("bert/seed7"))
+
+
+@pytest.mark.parametrize(("flags", "py", "pickle"), [
+    ({}, False, False),
+    ({"trust_remote_code": True}, True, False),
+    ({"allow_pickle": True}, False, True),
+])
+def test_hub_files_fetched_follow_the_flags(family, monkeypatch, flags, py, pickle):
+    """A custom architecture's code (*.py) is fetched only with --trust-remote-code, which
+    then needs it to build the model; pickle weights only with --allow-pickle."""
+    import huggingface_hub
+
+    asked = {}
+
+    def snapshot_download(repo_id, **kwargs):
+        asked.update(kwargs)
+        return str(family / "bert" / "seed0")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    member = mload.resolve_member(MemberSpec("org/dna-model"), **flags)
+    assert member.source == "hub"
+    patterns = asked["allow_patterns"]
+    assert ("*.py" in patterns) == py
+    assert ("pytorch_model.bin" in patterns) == pickle
+    assert {"config.json", "*.safetensors", "tokenizer.json"} <= set(patterns)

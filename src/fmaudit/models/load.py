@@ -74,7 +74,16 @@ def _cache_dir() -> str | None:
     return None
 
 
-def _hub_download(spec: MemberSpec, allow_pickle: bool, retries: int = 3) -> Path:
+def hub_patterns(allow_pickle: bool = False, trust_remote_code: bool = False) -> list[str]:
+    """The files fetched from a Hub repository: config, safetensors, tokenizer and manifest;
+    pickle weights only with ``allow_pickle``; the model's own code (``*.py``, which custom
+    architectures such as DNABERT-2 or HyenaDNA need) only with ``trust_remote_code``."""
+    return [*HUB_PATTERNS, *(PICKLE_WEIGHTS if allow_pickle else ()),
+            *(("*.py",) if trust_remote_code else ())]
+
+
+def _hub_download(spec: MemberSpec, allow_pickle: bool, retries: int = 3,
+                  trust_remote_code: bool = False) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -84,7 +93,7 @@ def _hub_download(spec: MemberSpec, allow_pickle: bool, retries: int = 3) -> Pat
         RevisionNotFoundError,
     )
 
-    patterns = HUB_PATTERNS + (list(PICKLE_WEIGHTS) if allow_pickle else [])
+    patterns = hub_patterns(allow_pickle, trust_remote_code)
     last: Exception | None = None
     for attempt in range(retries):
         try:
@@ -123,8 +132,10 @@ def _hub_download(spec: MemberSpec, allow_pickle: bool, retries: int = 3) -> Pat
                        "check the network or use a local folder")
 
 
-def resolve_member(spec: MemberSpec, allow_pickle: bool = False) -> ResolvedMember:
-    """A local folder if ``spec.source`` is one, else a Hub id fetched into the HF cache."""
+def resolve_member(spec: MemberSpec, allow_pickle: bool = False,
+                   trust_remote_code: bool = False) -> ResolvedMember:
+    """A local folder if ``spec.source`` is one, else a Hub id fetched into the HF cache
+    (:func:`hub_patterns` says which of its files)."""
     shown = spec.source if len(spec.source) <= 120 else spec.source[:117] + "..."
     try:
         local = Path(spec.source).expanduser()
@@ -148,7 +159,7 @@ def resolve_member(spec: MemberSpec, allow_pickle: bool = False) -> ResolvedMemb
         raise FmauditError(f"{spec.source}: no such folder ({spec.source.split('/')[0]}/ is a "
                            "local folder; for the Hub id of that name, run from elsewhere)")
     else:
-        path = _hub_download(spec, allow_pickle)
+        path = _hub_download(spec, allow_pickle, trust_remote_code=trust_remote_code)
         revision = path.name if _COMMIT.match(path.name) else spec.revision
         source = "hub"
     manifest = None

@@ -87,7 +87,8 @@ def resolve_ensemble(name: str, specs: list[str], cfg: AuditConfig) -> list[Memb
     """Resolve and check members: weights safe, same objective, same vocabulary and output size."""
     members = []
     for spec in parse_member_specs(specs):
-        resolved = mload.resolve_member(spec, allow_pickle=cfg.allow_pickle)
+        resolved = mload.resolve_member(spec, allow_pickle=cfg.allow_pickle,
+                                        trust_remote_code=cfg.trust_remote_code)
         mload.check_weights(resolved, cfg.allow_pickle)
         config = mload.load_config(resolved, cfg.trust_remote_code)
         objective = mload.detect_objective(config)
