@@ -240,6 +240,28 @@ def test_rbf_cka_matches_direct_hsic_with_median_bandwidth(pair):
     assert rbf_cka(a, b, sigma_rule=2.0) == pytest.approx(expected_wide, rel=1e-5)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e2, 1e3, 1e4])
+def test_rbf_cka_is_translation_invariant_at_any_offset(offset):
+    """The RBF kernel depends on distances only. Rows sharing an offset far larger than their
+    spread (anisotropic embeddings) made |x|^2 + |y|^2 - 2 x.y cancel in float32: at 1e4 the
+    value was 0.135 instead of 0.843. Reference: scipy distances in float64."""
+    a, b = randn(200, 16, seed=21), randn(200, 16, seed=22)
+    b = 0.5 * a + b  # related, so the value is not near 0
+    shift = torch.full((16,), offset) * torch.linspace(-1, 1, 16)
+
+    def rbf(x, rule=0.5):
+        d = pdist(x)
+        return np.exp(-squareform(d) ** 2 / (2 * (rule * np.median(d)) ** 2))
+
+    expected = hsic_cka(rbf(a.double().numpy()), rbf(b.double().numpy()))
+    moved_a, moved_b = a + shift, b + shift
+    assert rbf_cka(moved_a, moved_b) == pytest.approx(expected, rel=2e-6)
+    # the many-member path takes the same Gram as the one-shot function
+    geos = [EmbeddingGeometry(moved_a), EmbeddingGeometry(moved_b)]
+    assert compare_embeddings(*geos, [1], ["rbf_cka"])["rbf_cka"] == pytest.approx(
+        rbf_cka(moved_a, moved_b), rel=1e-12)
+
+
 @pytest.mark.parametrize("n", [5, 6, 9])  # even and odd numbers of pairs
 def test_median_pair_distance_matches_numpy(n):
     x = torch.round(randn(n, 2, seed=n) * 2)  # integer coordinates: tied distances

@@ -16,7 +16,9 @@ The one-shot functions work on row chunks, so memory stays bounded for large n. 
 many members pairwise, build one :class:`EmbeddingGeometry` per member (it caches the
 per-member work: similarity matrix, k-NN lists, centred matrices, RBF Gram) and call
 :func:`compare_embeddings` per pair; both paths use the same private helpers. Cosine
-similarities are float32 (neighbour ranks do not need more); Procrustes and CKA are float64.
+similarities are float32 (neighbour ranks do not need more); Procrustes and CKA are float64,
+except the RBF squared distances, read from a float32 Gram (of centred rows when the rows
+share a large offset: see :func:`_rbf_gram`).
 A null partner (:meth:`EmbeddingGeometry.permuted`) reads its member's cached matrices through
 the permutation instead of copying them.
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -650,6 +652,20 @@ def _median_pair_distance(d2: torch.Tensor) -> float:
     return 0.5 * (math.sqrt(lo) + math.sqrt(hi))
 
 
+def _rbf_gram(E: torch.Tensor, raw_gram: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The float32 Gram the RBF distances are read from: ``raw_gram()`` (``X X^T``, shared
+    with the cosine similarities) unless the rows share an offset larger than their spread,
+    ``|mean|^2 > mean_i |x_i - mean|^2``. ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` then cancels in
+    float32 (at an offset 1e4 times the spread nothing is left), so the rows are centred
+    first, in float64, which leaves every distance as it is, and get a Gram of their own."""
+    x = E.double()
+    mean = x.mean(dim=0)
+    centred = x - mean
+    if float(mean @ mean) <= float((centred * centred).sum(dim=1).mean()):
+        return raw_gram()
+    return _full_gram(_rows(centred))
+
+
 def _rbf_centred_gram(gram: torch.Tensor, sigma_rule: float) -> tuple[torch.Tensor, float]:
     """``(H K H, sigma)`` for the RBF kernel of the rows behind a raw float32 Gram ``X X^T``
     (shared with the cosine similarities: one ``n^2 d`` product per member); float64
@@ -697,8 +713,8 @@ def rbf_cka(X: torch.Tensor, Y: torch.Tensor, sigma_rule: float = 0.5) -> float:
         ValueError: different n, sigma_rule <= 0, or a zero bandwidth (coinciding rows).
     """
     X, Y = _check_pair(X, Y)
-    kx, _ = _rbf_centred_gram(_full_gram(_rows(X)), sigma_rule)
-    ky, _ = _rbf_centred_gram(_full_gram(_rows(Y)), sigma_rule)
+    kx, _ = _rbf_centred_gram(_rbf_gram(X, lambda: _full_gram(_rows(X))), sigma_rule)
+    ky, _ = _rbf_centred_gram(_rbf_gram(Y, lambda: _full_gram(_rows(Y))), sigma_rule)
     return _frobenius_dot(kx, ky) / math.sqrt(_frobenius_dot(kx, kx) * _frobenius_dot(ky, ky))
 
 
@@ -859,7 +875,8 @@ class EmbeddingGeometry:
         if self._source is not None:  # materialised only when asked for directly
             kernel, norm, sigma = self._source.rbf
             return kernel[self._perm][:, self._perm], norm, sigma
-        kernel, sigma = _rbf_centred_gram(self._gram, self.sigma_rule)
+        kernel, sigma = _rbf_centred_gram(_rbf_gram(self.matrix, lambda: self._gram),
+                                          self.sigma_rule)
         self.__dict__["rbf"] = (kernel, math.sqrt(_frobenius_dot(kernel, kernel)), sigma)
         self._drop_gram_when_done()
         return self.__dict__["rbf"]
@@ -890,7 +907,10 @@ class EmbeddingGeometry:
         similarities and RBF Gram entries are looked up), so nothing ``n x n`` is copied.
 
         Uses the same permutation as ``row_permuted(self.matrix, generator)`` for a generator
-        in the same state.
+        in the same state. Among exactly equal cosine similarities its k-NN lists keep the
+        source's order (lower source row first) where the one-shot functions on the permuted
+        rows would put the lower permuted row first: with such ties (duplicate or collinear
+        rows) its neighbour metrics may differ from theirs; without ties they are equal.
         """
         n = self.n_rows
         perm = torch.randperm(n, generator=generator).to(self.matrix.device)

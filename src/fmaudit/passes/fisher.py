@@ -1,9 +1,11 @@
 """The Fisher pass: diagonal Fisher information of the prediction NLL, summed per parameter group.
 
 Estimators
-- ``per-token`` (default): F = mean over predicted tokens of (d/dθ -log p(y|x))², estimated
-  without bias from one randomly chosen predicted token per window; the per-window gradients of a
-  batch come from one batched backward (``autograd.grad(..., is_grads_batched=True)``).
+- ``per-token`` (default): F = mean over windows w of (d/dθ -log p(y_t|x_w))² at one predicted
+  token t drawn uniformly per window: an unbiased estimate of the mean over windows of each
+  window's per-token mean (windows with few predicted tokens weigh as much as full ones; with
+  equal counts, the mean over predicted tokens). The per-window gradients of a batch come from
+  one batched backward (``autograd.grad(..., is_grads_batched=True)``).
 - ``batch`` (the study's): F = Σ_batches (d/dθ mean_batch NLL)² / N_tokens. It mostly measures
   the squared *mean* gradient and shrinks as the batch grows; reported for comparison only.
 
