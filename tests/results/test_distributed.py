@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,12 +128,20 @@ def test_killed_two_process_audit_resumes_to_the_same_report(single, tmp_path):
     state = sorted(p.name for p in (out / ".fmaudit-resume").iterdir() if p.suffix != ".tmp")
     assert state == [f"e0-{part}.rank{r}-of-2.safetensors"
                      for part in ("fisher0", "predictions") for r in (0, 1)]
-    resumed = subprocess.run(command, cwd=root, env={**_env(), "FMAUDIT_PROBE": "count"},
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    for rank in (0, 1):  # members 1 and 2 only, no prediction batch
-        assert f"probe rank {rank}: fisher 2 batches 0" in resumed.stderr
-    rep = _report(out)
-    assert rep["settings"].pop("processes") == 2
-    assert _close(one, rep) == []
-    assert not (out / ".fmaudit-resume").exists()
+    # the same state with one process's files lost (a kill while the main process wrote the
+    # report used to leave that): nobody resumes alone, or the all-reduces would not pair up
+    half = root / "two-resumed-half"
+    shutil.copytree(out, half)
+    for path in (half / ".fmaudit-resume").glob("*rank1-of-2*"):
+        path.unlink()
+    for folder, fisher, batches in ((out, 2, 0), (half, 3, 2)):
+        resumed = subprocess.run([*command[:-1], str(folder)], cwd=root,
+                                 env={**_env(), "FMAUDIT_PROBE": "count"},
+                                 capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        for rank in (0, 1):  # what each process ran again: all of it without a common state
+            assert f"probe rank {rank}: fisher {fisher} batches {batches}" in resumed.stderr
+        rep = _report(folder)
+        assert rep["settings"].pop("processes") == 2
+        assert _close(one, rep) == []
+        assert not (folder / ".fmaudit-resume").exists()

@@ -4,6 +4,7 @@ report the uninterrupted run writes, exactly."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -171,20 +172,26 @@ def _doctor(path: Path, tensors=None, extra=None) -> None:
     save_file(old if tensors is None else tensors(old), str(path), metadata=meta)
 
 
-def test_state_that_does_not_fit_is_ignored_with_a_warning(family, clean, tmp_path, capsys):
+@pytest.mark.parametrize(("tensors", "extra"), [
+    (lambda t: {**t, "disagreement": t["disagreement"][:-1]}, {"groups": []}),  # shapes, fields
+    (lambda t: {**t, "counts": t["counts"] * math.nan}, {"groups": [], "sums": "oops",
+                                                         "sums_tied": None, "tokens": 1,
+                                                         "tied": False}),  # values
+])
+def test_state_that_does_not_fit_is_ignored_with_a_warning(family, clean, tmp_path, capsys,
+                                                           tensors, extra):
     out = tmp_path / "out"
     with pytest.MonkeyPatch.context() as mp:
         _count_fisher(mp, stop_at=2)
         run_main(_argv(family, out), capsys)
     folder = out / STATE_DIR
-    _doctor(folder / "e0-predictions.rank0-of-1.safetensors",  # a sum vector cut short
-            tensors=lambda t: {**t, "disagreement": t["disagreement"][:-1]})
-    _doctor(folder / "e0-fisher0.rank0-of-1.safetensors", extra={"groups": []})
+    _doctor(folder / "e0-predictions.rank0-of-1.safetensors", tensors=tensors)
+    _doctor(folder / "e0-fisher0.rank0-of-1.safetensors", extra=extra)
     with pytest.MonkeyPatch.context() as mp:
         updates, fisher = _count_updates(mp), _count_fisher(mp)
         code, _, err = run_main(_argv(family, out), capsys)
     assert code == 0, err
-    assert "its tensors do not fit this pass" in err and err.count("warning") == 1
+    assert "not resuming from this state" in err and err.count("warning") == 1
     assert updates.n == 4 and fisher.n == 3  # everything again
     assert _report(out) == clean
 
@@ -262,18 +269,58 @@ def test_store_round_trip_and_isolation(tmp_path, capsys):
     assert not (tmp_path / "off").exists()
 
 
-def test_clear_state_per_process_and_whole(tmp_path):
+def test_clear_state_removes_every_process_state(tmp_path):
     folder = tmp_path / STATE_DIR
     for rank in (0, 1):
         ResumeStore(folder, {}, rank, 2, 1.0).save("predictions", 1, {"t": torch.zeros(2)})
-    clear_state(tmp_path, 1, 2)
-    assert [p.name for p in folder.iterdir()] == ["run-predictions.rank0-of-2.safetensors"]
-    clear_state(tmp_path, 0, 2)
-    assert not folder.exists()
-    ResumeStore(folder, {}, 0, 1, 1.0).save("predictions", 1, {"t": torch.zeros(2)})
     (folder / ".left-by-a-kill.tmp").write_text("")
     clear_state(tmp_path)
     assert not folder.exists()
+
+
+def test_state_of_another_process_count_is_named(tmp_path, capsys):
+    folder = tmp_path / STATE_DIR
+    ResumeStore(folder, {}, 0, 2, 1.0).save("predictions", 1, {"t": torch.zeros(2)})
+    assert ResumeStore(folder, {}, 0, 1, 1.0).load("predictions") is None
+    assert "saved by a run with another process count" in capsys.readouterr().err
+
+
+def test_a_failed_save_is_warned_and_the_audit_goes_on(family, clean, tmp_path, capsys):
+    """A full disk or a folder in the way of the state file: resuming is given up (said
+    once), not the audit."""
+    out = tmp_path / "out"
+    (out / STATE_DIR / "e0-predictions.rank0-of-1.safetensors").mkdir(parents=True)
+    code, _, err = run_main(_argv(family, out, "--resume-every", "1e-9"), capsys)
+    assert code == 0, err
+    assert err.count("cannot save resume state") == 1 and "going on without it" in err
+    assert _report(out) == clean
+
+
+def test_a_member_replaced_by_a_copy_with_the_same_dates_is_noticed(family, clean, tmp_path,
+                                                                     capsys):
+    """`cp -a` / `rsync -a` keep size and modification time; the inode and the change time
+    still tell the new file from the old one."""
+    import os
+    import shutil
+
+    members, genome = family
+    copies = [str(shutil.copytree(m, tmp_path / "fam" / Path(m).name)) for m in members]
+    argv = ["-q", "report", *copies, "--corpus", genome, *ARGS, "--out", tmp_path / "out",
+            "--resume-every", "1e-9"]
+    with pytest.MonkeyPatch.context() as mp:
+        _count_updates(mp, stop_at=3)
+        run_main(argv, capsys)
+    weights = Path(copies[0]) / "model.safetensors"
+    stat = weights.stat()
+    weights.unlink()
+    shutil.copy2(Path(copies[1]) / "model.safetensors", weights)  # seed1's weights as seed0
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_size == stat.st_size
+    with pytest.MonkeyPatch.context() as mp:
+        updates = _count_updates(mp)
+        code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert "other inputs or settings" in err and updates.n == 4
 
 
 def test_cadence():

@@ -198,11 +198,10 @@ def run_report(cfg, out_dir: str | None, policy, policy_path: str | None,
 
     progress.quiet_libraries()
     report_data = run_audit(cfg)
-    if not distributed.is_main():  # the main process holds the whole report: it gates, writes
-        if out_dir is not None:  # and prints; a failed gate fails the launcher through it
-            from fmaudit.passes.resume import clear_state
-
-            clear_state(Path(out_dir), *distributed.rank_and_world())
+    # the main process holds the whole report: it gates, writes and prints (a failed gate
+    # fails the launcher through it), and then removes every process's resume state (the
+    # others keep theirs until the report exists: a kill before that resumes everyone)
+    if not distributed.is_main():
         return 0
     code = 0
     if policy is not None:

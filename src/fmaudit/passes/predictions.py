@@ -20,7 +20,7 @@ from fmaudit.metrics import DisagreementAccumulator, NonFiniteLogitsError, Predi
 from fmaudit.passes.device import autocast, to_device
 from fmaudit.passes.distributed import all_reduce_sum, gather_objects
 from fmaudit.passes.eval_data import EvalBatch
-from fmaudit.passes.resume import Cadence, ResumeStore, Saved
+from fmaudit.passes.resume import Cadence, ResumeStore, Saved, on_any_process, on_every_process
 
 
 class UnusableStateError(Exception):
@@ -111,7 +111,16 @@ def _restore(state: dict[str, torch.Tensor], preds: Sequence[PredictionAccumulat
              disagreement: DisagreementAccumulator, counts: torch.Tensor,
              label_counts: torch.Tensor, pooled: list[list[torch.Tensor]],
              pooled_ids: list[torch.Tensor]) -> None:
-    """Load :func:`_state` output into the pass's (fresh) accumulators and buffers."""
+    """Load :func:`_state` output into the pass's (fresh) accumulators and buffers.
+
+    Raises:
+        KeyError, ValueError, RuntimeError: names, shapes or values that do not fit.
+    """
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds NaN or inf")
+    if bool((state["counts"] < 0).any()) or bool((state["label_counts"] < 0).any()):
+        raise ValueError("negative counts")
     for m, acc in enumerate(preds):
         acc.load_sums(state[f"predictions.{m}"])
     disagreement.load_sums(state["disagreement"])
@@ -172,12 +181,19 @@ def run_prediction_pass(
     counts = torch.zeros(2, dtype=torch.float64)  # windows, positions
     label_counts = torch.zeros(vocab_size, dtype=torch.float64, device=device)
     done = 0  # batches in the sums
+    problem = "another process has no usable state for this pass"
+    restored = False
     if saved is not None:
         try:
             _restore(saved.tensors, preds, disagreement, counts, label_counts, pooled,
                      pooled_ids)
-        except (KeyError, ValueError, RuntimeError) as exc:  # names or shapes that do not fit
-            raise UnusableStateError(f"{type(exc).__name__}: {exc}") from None
+            restored = True
+        except (KeyError, ValueError, RuntimeError) as exc:  # names, shapes, values
+            problem = f"{type(exc).__name__}: {exc}"
+    # every process resumes, or none does: their all-reduces must pair up
+    if on_any_process(saved is not None) and not on_every_process(restored):
+        raise UnusableStateError(problem)
+    if restored:
         done = saved.progress
         if progress is not None:
             progress.update(int(counts[0]))

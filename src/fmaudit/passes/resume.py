@@ -14,7 +14,6 @@ folder.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -39,11 +38,13 @@ def digest(key: Any) -> str:
 
 
 def file_stamp(path: Path) -> list:
-    """``[resolved path, size, mtime_ns]`` of a file: a changed checkpoint or corpus changes
-    it without reading gigabytes."""
+    """``[resolved path, size, mtime_ns, inode, ctime_ns]`` of a file: a changed checkpoint or
+    corpus changes it without reading gigabytes. The inode and the change time catch a file
+    replaced by a copy that keeps size and modification time (``cp -a``, ``rsync -a``,
+    ``touch -r``: none of them can set the change time)."""
     resolved = Path(path).resolve()
     st = resolved.stat()
-    return [str(resolved), st.st_size, st.st_mtime_ns]
+    return [str(resolved), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 @dataclass
@@ -91,7 +92,13 @@ class ResumeStore:
         from safetensors import SafetensorError, safe_open
 
         path = self.path(part)
-        if not self.enabled or not path.is_file():
+        if not self.enabled:
+            return None
+        if not path.is_file():
+            others = self.folder.glob(f"{self.prefix}-{part}.rank*-of-*.safetensors")
+            if any(p.is_file() and not p.name.endswith(f"-of-{self.world}.safetensors")
+                   for p in others):
+                self.ignore(part, "it was saved by a run with another process count")
             return None
         try:
             with safe_open(str(path), framework="pt") as fh:
@@ -117,7 +124,9 @@ class ResumeStore:
 
     def save(self, part: str, progress_done: int, tensors: dict[str, torch.Tensor],
              extra: Any = None, part_key: Any = None) -> None:
-        """Write ``part``'s state atomically: ``progress_done`` batches are in it."""
+        """Write ``part``'s state atomically: ``progress_done`` batches are in it. A failed
+        write is warned about and turns saving off for this store."""
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         if not self.enabled:
@@ -126,22 +135,40 @@ class ResumeStore:
         meta = {"digest": self._digest(part_key), "progress": str(int(progress_done)),
                 "extra": json.dumps(extra)}
         host = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-        with atomic_path(self.path(part)) as tmp:
-            save_file(host, str(tmp), metadata=meta)
+        try:
+            with atomic_path(self.path(part)) as tmp:
+                save_file(host, str(tmp), metadata=meta)
+        except (OSError, SafetensorError) as exc:  # a full disk, a folder in the way...
+            # resuming is a convenience: the audit goes on, and says what it gives up
+            progress.warn(f"{self.path(part)}: cannot save resume state ({exc}); going on "
+                          "without it (an interruption now restarts this ensemble's passes)")
+            self.every_s = 0.0
 
 
-def clear_state(out: Path, rank: int | None = None, world: int | None = None) -> None:
-    """Remove the resume state under the output folder ``out``: all of it, or (with ``rank``
-    and ``world``) that process's files, and the folder once it is empty."""
-    folder = Path(out) / STATE_DIR
-    if rank is None:
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    for path in folder.glob(f"*.rank{rank}-of-{world}.safetensors"):
-        with contextlib.suppress(OSError):
-            path.unlink()
-    with contextlib.suppress(OSError):
-        folder.rmdir()
+def on_every_process(flag: bool) -> bool:
+    """True when ``flag`` is true in every process (all-reduced): processes that resume must
+    all resume the same part, or their collective operations no longer pair up."""
+    from fmaudit.passes.distributed import all_reduce_sum, rank_and_world
+
+    _, world = rank_and_world()
+    if world == 1:
+        return flag
+    return int(all_reduce_sum(torch.tensor([int(flag)], dtype=torch.float64)).item()) == world
+
+
+def on_any_process(flag: bool) -> bool:
+    """True when ``flag`` is true in some process (all-reduced)."""
+    from fmaudit.passes.distributed import all_reduce_sum, rank_and_world
+
+    _, world = rank_and_world()
+    if world == 1:
+        return flag
+    return int(all_reduce_sum(torch.tensor([int(flag)], dtype=torch.float64)).item()) > 0
+
+
+def clear_state(out: Path) -> None:
+    """Remove the resume state under the output folder ``out`` (every process's)."""
+    shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)
 
 
 class Cadence:
@@ -159,4 +186,3 @@ class Cadence:
             self._last = now
             return True
         return False
-

@@ -6,6 +6,7 @@ Fisher pass runs on its own (smaller) window budget; static-embedding metrics re
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -444,6 +445,9 @@ def run_audit(cfg: AuditConfig) -> dict:
             ctx = min(cfg.contextual_windows if "embeddings" in cfg.analyses else 0, len(texts))
             part, part_key = "predictions", {"contextual_windows": ctx}
             saved = store.load(part, part_key) if store is not None else None
+            if saved is not None and saved.progress:
+                progress.info(f"{name}: resuming the prediction pass after {saved.progress} "
+                              f"batches ({store.path(part)})")
             for attempt in (saved, None):  # a state that does not fit: warned, run afresh
                 bar = progress.bar(total=len(texts), desc=f"{name}: predictions", unit="win")
                 try:
@@ -581,21 +585,21 @@ def fisher_section(members: list[Member], make_batches: Any, cfg: AuditConfig,
                    store: Any = None) -> dict:
     """The report's ``fisher`` block; with a resume ``store``, each member's (reduced) result
     is saved when it is done, and a resumed run reads it instead of running it again."""
-    import dataclasses
-
     from fmaudit.metrics import coarse_split, group_shares, mean_std_members, shares_over_members
-    from fmaudit.passes.fisher import FisherResult, run_fisher_pass
+    from fmaudit.passes.fisher import run_fisher_pass
+    from fmaudit.passes.resume import on_every_process
 
     results = []
     for i, m in enumerate(members):
         part = f"fisher{i}"
-        saved = store.load(part) if store is not None else None
-        if saved is not None:
-            try:
-                results.append(FisherResult(**saved.extra))
+        if store is not None:
+            saved = _saved_fisher(store, part)
+            # every process reads it back, or every process runs it (the pass all-reduces)
+            if on_every_process(saved is not None):
+                results.append(saved)
                 continue
-            except TypeError as exc:  # not the fields of a result
-                store.ignore(part, f"it does not hold a Fisher result ({exc})")
+            if saved is not None:
+                store.ignore(part, "another process has no usable state for this member")
         bar = progress.bar(total=None, desc=f"{m.resolved.id}: fisher", unit="batch")
         results.append(run_fisher_pass(
             # whole batches to each process: the batch estimator squares batch means, and the
@@ -631,6 +635,35 @@ def fisher_section(members: list[Member], make_batches: Any, cfg: AuditConfig,
         out["share_tied"] = share_t
         out["coarse_tied"] = coarse_t
     return out
+
+
+def _saved_fisher(store: Any, part: str) -> Any:
+    """A member's saved Fisher result, checked (None when there is none or it is unusable:
+    warned)."""
+    import math
+
+    from fmaudit.passes.fisher import FisherResult
+
+    saved = store.load(part)
+    if saved is None:
+        return None
+    extra = saved.extra if isinstance(saved.extra, dict) else {}
+
+    def group_sums(sums: Any) -> bool:
+        return (isinstance(sums, dict) and bool(sums)
+                and set(sums) == set(extra.get("groups") or ())
+                and all(isinstance(v, int | float) and math.isfinite(v) and v >= 0
+                        for v in sums.values()))
+
+    ok = (isinstance(extra.get("groups"), list) and group_sums(extra.get("sums"))
+          and isinstance(extra.get("tied"), bool)
+          and (extra.get("sums_tied") is None if not extra.get("tied")
+               else group_sums(extra.get("sums_tied")))
+          and isinstance(extra.get("tokens"), int) and extra["tokens"] >= 0)
+    if not ok or set(extra) != {f.name for f in dataclasses.fields(FisherResult)}:
+        store.ignore(part, "it does not hold a Fisher result")
+        return None
+    return FisherResult(**extra)
 
 
 def _fisher_note(estimator: str, labels: str, tied: bool) -> str:
