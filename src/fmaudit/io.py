@@ -155,9 +155,11 @@ def _usual_permissions(folder: Path) -> None:
     ``mkstemp`` (transformers' and safetensors' checkpoint writers do) leave 0600, which others
     in a shared group cannot read."""
     mask = _umask()
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder):  # (os.walk does not enter linked folders)
         for name in dirs:
-            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+            path = os.path.join(root, name)
+            if not os.path.islink(path):  # chmod would change the link's target
+                os.chmod(path, 0o777 & ~mask)
         for name in files:
             path = os.path.join(root, name)
             if not os.path.islink(path):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -408,3 +409,23 @@ def test_bundled_index_falls_back_to_cache(tmp_path: Path, monkeypatch) -> None:
     c = open_corpus(bundled("dna"))
     assert list((tmp_path / "cache" / "index").glob("dna.fa.*.fai"))
     assert c.length() == 200_280
+
+
+def test_file_hash_is_read_once_and_follows_changes(tmp_path: Path, monkeypatch) -> None:
+    """A genome hashed twice in one process is read once; a file rewritten in place with the
+    same size and modification time is hashed again (its change time moved)."""
+    from fmaudit.corpus import fasta
+
+    path = tmp_path / "g.fa"
+    path.write_bytes(b">a\nACGT\n")
+    first = fasta.file_sha256(path)
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: reads.append(a[0]) or real_open(*a, **k))
+    assert fasta.file_sha256(path) == first and reads == []
+    stat = path.stat()
+    time.sleep(0.01)
+    path.write_bytes(b">a\nACGA\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fasta.file_sha256(path) == hashlib.sha256(b">a\nACGA\n").hexdigest() != first
+    assert reads == [path]

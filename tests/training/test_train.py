@@ -215,11 +215,47 @@ def test_another_precision_is_another_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 needs a GPU: refused on CPU only")
-def test_fp16_on_cpu_is_refused(tmp_path: Path) -> None:
-    """accelerate would run it as fp32 without a word, and the manifest would say fp16."""
-    with pytest.raises(FmauditError, match="--mixed-precision fp16: needs a CUDA GPU"):
-        train_ensemble(bundled("dna"), tmp_path / "out", "tiny", seeds=1, mixed_precision="fp16")
+@pytest.mark.parametrize("source", ["flag", "launcher"])
+def test_fp16_on_cpu_is_refused(tmp_path: Path, monkeypatch, source: str) -> None:
+    """accelerate would run it as fp32 without a word, and the manifest would say fp16; the
+    setting may also come from `accelerate launch --mixed_precision fp16`."""
+    if source == "launcher":
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    precision = "fp16" if source == "flag" else "auto"
+    with pytest.raises(FmauditError, match="--mixed-precision fp16: not available on the CPU"):
+        train_ensemble(bundled("dna"), tmp_path / "out", "tiny", seeds=1,
+                       mixed_precision=precision)
     assert not (tmp_path / "out").exists()
+
+
+def test_run_file_with_a_holdout_spelled_the_old_way_continues(tmp_path: Path) -> None:
+    """Run files written before holdouts had one spelling fingerprinted "0.10" as typed: the
+    same run, continued with the same option, is recognised."""
+    from fmaudit.corpus import CorpusOptions
+
+    recipe = load_recipe("tiny").replace(max_steps=2)
+    train_ensemble(bundled("dna"), tmp_path, recipe, seeds=1,
+                   corpus_options=CorpusOptions(holdout="0.10"))
+    run_file = tmp_path / "fmaudit-run.json"
+    run = json.loads(run_file.read_text())
+    corpus = open_corpus(bundled("dna"), CorpusOptions(holdout="0.10"))
+    run["corpus"]["holdout"] = "0.10"  # as the older release wrote it
+    run["corpus_fingerprint"] = corpus.fingerprint(holdout_as_written="0.10")
+    assert run["corpus_fingerprint"] != corpus.fingerprint()
+    run_file.write_text(json.dumps(run))
+    done = train_ensemble(bundled("dna"), tmp_path, recipe, seeds=2,
+                          corpus_options=CorpusOptions(holdout="0.10"))
+    assert [m["status"] for m in done] == ["skipped", "trained"]
+
+
+def test_a_changed_cleaning_option_is_named(tmp_path: Path) -> None:
+    from fmaudit.corpus import CorpusOptions
+
+    recipe = load_recipe("tiny").replace(max_steps=2)
+    train_ensemble(bundled("dna"), tmp_path, recipe, seeds=1)
+    with pytest.raises(FmauditError, match=r"different run \(corpus option max_n 0.0 -> 0.5\)"):
+        train_ensemble(bundled("dna"), tmp_path, recipe, seeds=1,
+                       corpus_options=CorpusOptions(max_n=0.5))
 
 
 def test_leftovers_of_a_killed_checkpoint_write_are_swept(tmp_path: Path) -> None:

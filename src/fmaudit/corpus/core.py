@@ -376,16 +376,24 @@ class Corpus:
             self._sha = file_sha256(self.path)
         return self._sha
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, holdout_as_written: str | None = None) -> str:
         """``"sha256:<hex>"`` of the file hash plus the options that change the content.
 
         ``sha256(file_sha256 + "\\n" + json(options without fai_dir, sorted keys))``; cached.
+        ``holdout_as_written``: the fingerprint with that holdout text instead of the canonical
+        one (run files written before holdouts had one spelling recorded it as typed).
         """
+        if holdout_as_written is not None:
+            return self._fingerprint_of({**self.options.content_dict(),
+                                         "holdout": holdout_as_written})
         if self._fingerprint is None:
-            payload = self.file_sha256() + "\n" + json.dumps(
-                {"kind": self.kind, **self.options.content_dict()}, sort_keys=True)
-            self._fingerprint = "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+            self._fingerprint = self._fingerprint_of(self.options.content_dict())
         return self._fingerprint
+
+    def _fingerprint_of(self, options: dict[str, Any]) -> str:
+        payload = self.file_sha256() + "\n" + json.dumps({"kind": self.kind, **options},
+                                                         sort_keys=True)
+        return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
     def summary(self) -> dict[str, Any]:
         """What manifests and reports record about the corpus (JSON-ready)."""

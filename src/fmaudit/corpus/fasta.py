@@ -534,10 +534,19 @@ class FastaSource:
         return self._sha
 
 
+_SHA_CACHE: dict[tuple, str] = {}  # (path, size, mtime, inode, ctime) -> sha256, this process
+
+
 def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    """Hex sha256 of the file bytes, read in ``block``-sized pieces (bounded memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex sha256 of the file bytes, read in ``block``-sized pieces (bounded memory); a file
+    unchanged since this process hashed it (same size, times and inode) is not read again (a
+    genome opened twice, e.g. whole and then with its training options, costs one pass)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(block):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]

@@ -63,15 +63,9 @@ class CorpusOptions:
             object.__setattr__(self, name, float(value))
         if self.kind is not None and self.kind not in KINDS:
             raise FmauditError(f"kind: must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        # fail early on a malformed value; one spelling per holdout ("0.10", ".1" -> "0.1";
-        # "chr8, chr9" -> "chr8,chr9"), so the fingerprint of a run does not depend on it
-        held = parse_holdout(self.holdout)
-        if held.fraction is not None:
-            text = repr(held.fraction)
-            canonical = text[:-2] if text.endswith(".0") else text
-        else:
-            canonical = ",".join(held.contigs)
-        object.__setattr__(self, "holdout", canonical)
+        # fail early on a malformed value; one spelling per holdout, so the fingerprint of a
+        # run does not depend on it
+        object.__setattr__(self, "holdout", canonical_holdout(self.holdout))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (tuples become lists); ``CorpusOptions(**d)`` rebuilds it."""
@@ -126,6 +120,16 @@ def parse_holdout(value: str) -> Holdout:
         problem = "leaves no training data" if fraction >= 1.0 else "is not a fraction"
         raise FmauditError(f"--holdout: {text} {problem} (use a fraction in [0, 1), e.g. 0.1)")
     return Holdout(fraction=fraction)
+
+
+def canonical_holdout(value: str) -> str:
+    """The one spelling of a holdout: ``"0.10"``, ``".1"``, ``"1e-1"`` -> ``"0.1"``; ``"0.0"``
+    -> ``"0"``; ``"chr8, chr9"`` -> ``"chr8,chr9"`` (errors as :func:`parse_holdout`)."""
+    held = parse_holdout(value)
+    if held.fraction is not None:
+        text = repr(held.fraction)
+        return text[:-2] if text.endswith(".0") else text
+    return ",".join(held.contigs)
 
 
 _COORD = re.compile(r"^(?P<start>[0-9][0-9,_]*)?(?:-(?P<end>[0-9][0-9,_]*)?)?$")

@@ -152,9 +152,6 @@ def resolve_mixed_precision(value: str) -> str | None:
     if value not in MIXED_PRECISION:
         raise FmauditError(f"--mixed-precision {value!r}: must be one of "
                            f"{', '.join(MIXED_PRECISION)}")
-    if value == "fp16" and not torch.cuda.is_available():
-        # accelerate runs fp16 on the CPU as fp32 without a word: the manifest would lie
-        raise FmauditError("--mixed-precision fp16: needs a CUDA GPU (on the CPU use bf16 or no)")
     if value != "auto":
         return value
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
@@ -209,6 +206,11 @@ def make_accelerator(recipe: Recipe, mixed_precision: str, log_with: Sequence[st
             raise
         _forget_accelerator_state()
         accelerator = create()
+    if str(accelerator.mixed_precision) == "fp16" and accelerator.device.type == "cpu":
+        # accelerate runs fp16 on the CPU as fp32 without a word, and the manifest would say
+        # fp16 (the setting may come from --mixed-precision, a launcher or an accelerate config)
+        raise FmauditError("--mixed-precision fp16: not available on the CPU (use bf16 or no, "
+                           "or train on a GPU)")
     if accelerator.distributed_type.value == "DEEPSPEED":
         raise FmauditError("accelerate config: DeepSpeed is not supported by fmaudit train "
                            "(use DDP, or FSDP through an accelerate config file)")
@@ -354,7 +356,7 @@ def train_ensemble(
             raise FmauditError(f"--batch-size {recipe.batch_size}: must be a multiple of "
                                f"grad_accum x processes ({recipe.grad_accum} x {world})")
         # refuse a different run before any work; --overwrite starts over even on the same run
-        continuing = mf.check_run_identity(out, identity, overwrite) and not overwrite
+        continuing = mf.check_run_identity(out, identity, overwrite, corpus) and not overwrite
         data = prepare_data(corpus, recipe, tile_max_tokens=tile_max_tokens)
         if world > 1:
             _check_same_on_every_process(data)

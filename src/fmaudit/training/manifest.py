@@ -167,12 +167,16 @@ def run_identity(recipe: Any, corpus_summary: dict[str, Any], vary: str | None) 
     return {"recipe_fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict(),
             "corpus_fingerprint": corpus_summary["fingerprint"],
             "corpus": {k: corpus_summary.get(k) for k in ("path", "name", "kind", "holdout",
-                                                         "regions")},
+                                                         "regions", "file_sha256", "options")},
             "vary": vary}
 
 
-def check_run_identity(out: Path, identity: dict[str, Any], overwrite: bool) -> bool:
+def check_run_identity(out: Path, identity: dict[str, Any], overwrite: bool,
+                       corpus: Any = None) -> bool:
     """True when OUT holds a run (same identity) to continue; refuse a different one.
+
+    ``corpus`` (the run's corpus): lets a run file written before holdouts had one spelling
+    ("0.10", fingerprinted as written) match the same holdout spelled canonically.
 
     Raises:
         FmauditError: OUT holds a different run's members and ``overwrite`` is False.
@@ -201,6 +205,11 @@ def check_run_identity(out: Path, identity: dict[str, Any], overwrite: bool) -> 
         if overwrite:  # replacing the run anyway: what the damaged file said does not matter
             return False
         raise
+    if corpus is not None and old.get("corpus_fingerprint") != identity["corpus_fingerprint"]:
+        written = (old.get("corpus") or {}).get("holdout")
+        if isinstance(written, str) and _same_holdout(written, corpus.options.holdout) and \
+                corpus.fingerprint(holdout_as_written=written) == old.get("corpus_fingerprint"):
+            old = {**old, "corpus_fingerprint": identity["corpus_fingerprint"]}
     same = all(old.get(k) == identity[k]
                for k in ("recipe_fingerprint", "corpus_fingerprint", "vary"))
     # members trained at one precision (a run file older than this key is taken as matching)
@@ -224,17 +233,39 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
         if old_recipe.get(key) != new_recipe[key]:
             parts.append(f"{key} {old_recipe.get(key)!r} -> {new_recipe[key]!r}")
     if old.get("corpus_fingerprint") != new["corpus_fingerprint"]:
-        old_corpus, new_corpus = old.get("corpus") or {}, new["corpus"]
-        named = [f"{key} {old_corpus.get(key)!r} -> {new_corpus.get(key)!r}"
-                 for key in ("path", "holdout", "regions")
-                 if old_corpus.get(key) != new_corpus.get(key)]
-        parts += [f"corpus {n}" for n in named] or ["corpus content (the file changed)"]
+        parts += _corpus_differences(old.get("corpus") or {}, new["corpus"])
     if old.get("mixed_precision", new.get("mixed_precision")) != new.get("mixed_precision"):
         parts.append(f"mixed precision {old.get('mixed_precision')!r} -> "
                      f"{new.get('mixed_precision')!r}")
     if old.get("vary") != new["vary"]:
         parts.append(f"vary {old.get('vary')!r} -> {new['vary']!r}")
     return "; ".join(parts[:4]) + ("; ..." if len(parts) > 4 else "") if parts else "unreadable"
+
+
+def _same_holdout(written: str, canonical: str) -> bool:
+    from fmaudit.corpus.options import canonical_holdout
+
+    try:
+        return canonical_holdout(written) == canonical
+    except FmauditError:  # a damaged run file
+        return False
+
+
+def _corpus_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two runs' corpora with different fingerprints, by name."""
+    named = [f"corpus {key} {old.get(key)!r} -> {new.get(key)!r}"
+             for key in ("path", "holdout", "regions") if old.get(key) != new.get(key)]
+    old_options, new_options = old.get("options"), new.get("options") or {}
+    if isinstance(old_options, dict):  # run files since the options were recorded
+        named += [f"corpus option {key} {old_options.get(key)!r} -> {new_options.get(key)!r}"
+                  for key in sorted(new_options)
+                  if key not in ("holdout", "regions", "fai_dir")
+                  and old_options.get(key) != new_options.get(key)]
+    if old.get("file_sha256") not in (None, new.get("file_sha256")):
+        named.append("corpus file content (its sha256 changed)")
+    if not named:
+        named.append("corpus content or cleaning options")
+    return named
 
 
 def clear_run(out: Path) -> None:
