@@ -212,6 +212,11 @@ def test_another_precision_is_another_run(tmp_path: Path) -> None:
     assert not (tmp_path / "seed1").exists()
     run = json.loads((tmp_path / "fmaudit-run.json").read_text())
     assert run["mixed_precision"] == "no"
+    # a run file from before the key: the members' manifests record the precision
+    del run["mixed_precision"]
+    (tmp_path / "fmaudit-run.json").write_text(json.dumps(run))
+    with pytest.raises(FmauditError, match=r"mixed precision 'no' -> 'bf16'"):
+        train_ensemble(bundled("dna"), tmp_path, recipe, seeds=2, mixed_precision="bf16")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 needs a GPU: refused on CPU only")

@@ -210,9 +210,13 @@ def check_run_identity(out: Path, identity: dict[str, Any], overwrite: bool,
         if isinstance(written, str) and _same_holdout(written, corpus.options.holdout) and \
                 corpus.fingerprint(holdout_as_written=written) == old.get("corpus_fingerprint"):
             old = {**old, "corpus_fingerprint": identity["corpus_fingerprint"]}
+    if "mixed_precision" not in old:  # a run file older than the key: the members say it
+        recorded = _recorded_precisions(out)
+        if len(recorded) == 1:
+            old = {**old, "mixed_precision": recorded.pop()}
     same = all(old.get(k) == identity[k]
                for k in ("recipe_fingerprint", "corpus_fingerprint", "vary"))
-    # members trained at one precision (a run file older than this key is taken as matching)
+    # members trained at one precision (unknown when neither run file nor members record it)
     same = same and old.get("mixed_precision", identity.get("mixed_precision")) == \
         identity.get("mixed_precision")
     if same:
@@ -240,6 +244,20 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     if old.get("vary") != new["vary"]:
         parts.append(f"vary {old.get('vary')!r} -> {new['vary']!r}")
     return "; ".join(parts[:4]) + ("; ..." if len(parts) > 4 else "") if parts else "unreadable"
+
+
+def _recorded_precisions(out: Path) -> set[str]:
+    """The mixed precisions the finished members' manifests record (unreadable ones skipped:
+    they are reported when their member is reached)."""
+    found = set()
+    for folder in out.glob("seed*"):
+        try:
+            runtime = read_manifest(folder).get("runtime") or {}
+        except FmauditError:
+            continue
+        if runtime.get("mixed_precision") is not None:
+            found.add(str(runtime["mixed_precision"]))
+    return found
 
 
 def _same_holdout(written: str, canonical: str) -> bool:
