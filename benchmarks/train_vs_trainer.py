@@ -75,6 +75,12 @@ class _Replay:
         return self.batches[step]
 
 
+def timed_seconds(times: list[float], timed: range) -> float:
+    """Wall time of the steps in ``timed`` (consecutive), from ``times[i]``, the clock at the
+    end of step i: from the end of the step before the first to the end of the last."""
+    return times[timed[-1]] - times[timed[0] - 1]
+
+
 def run_fmaudit(recipe: Any, tok: Any, batches: list[Any], data: Any) -> tuple[list[float], Any]:
     from accelerate import Accelerator
 
@@ -197,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     # Trainer first, then fmaudit: the second run gets no advantage from a warm allocator
     t_times, t_model = run_trainer(recipe, tok, batches)
     f_times, f_model = run_fmaudit(recipe, tok, batches, data)
-    f_s = f_times[args.steps - 2] - f_times[args.warmup]
-    t_s = t_times[args.steps - 2] - t_times[args.warmup]
+    f_s, t_s = timed_seconds(f_times, timed), timed_seconds(t_times, timed)
     f_state, t_state = f_model.state_dict(), t_model.state_dict()
     diff = max(float((f_state[k].float().cpu() - t_state[k].float().cpu()).abs().max())
                for k in f_state)

@@ -39,6 +39,9 @@ def test_benchmark_small_form_and_flat_memory():
         assert 0 < run["audit_mfu"] < 0.5 and 0 < run["fisher_mfu"] < 0.5
         # (b) again through the compiled fused top-p JS kernel (inductor's C++ backend here)
         assert run["fused_js_compiled"] is HAVE_COMPILER and run["b_audit_fused_js_s"] > 0
+    assert out["ratio_fisher_over_backward"] == pytest.approx(
+        [r["d_fisher_s"] / r["c_forward_backward_s"] for r in out["runs"]])
+    _check_mfu(out["runs"], members=2, seq_len=64, peak=50e12)
     assert "aten::" in small["profile"] and "profile" not in large  # the first size only
     assert out["ratio_audit_fused_js_over_forward"] == pytest.approx(
         [r["b_audit_fused_js_s"] / r["a_forward_s"] for r in out["runs"]])
@@ -49,6 +52,29 @@ def test_benchmark_small_form_and_flat_memory():
     assert training["corpus"] == "dna" and 0 < training["fmaudit_mfu"] < 0.5
     # the audit never holds [members x positions x vocab]: 4x the windows, < 10% more memory
     assert large["peak_rss_mb"] < 1.10 * small["peak_rss_mb"], out
+
+
+def _check_mfu(runs: list, members: int, seq_len: int, peak: float) -> None:
+    """MFU from the run's own counts: the audit is a forward with the head at the predicted
+    positions, the Fisher pass a forward + backward (3x) with the head at one token a window;
+    FLOPs per token from fmaudit.models.flops (checked against PyTorch's counter elsewhere)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import audit_bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import torch
+
+    from fmaudit.models.flops import forward_flops_per_token
+
+    model = audit_bench._models("tiny", 1, 4101, seq_len, torch.device("cpu"))[0]
+    for run in runs:
+        tokens = run["audit_tokens_per_s"] * run["b_audit_s"]
+        flops = forward_flops_per_token(model, seq_len, run["positions"] * members / tokens)
+        assert run["audit_mfu"] == pytest.approx(flops * run["audit_tokens_per_s"] / peak)
+        tokens = run["fisher_tokens_per_s"] * run["d_fisher_s"]
+        flops = forward_flops_per_token(model, seq_len, run["fisher_windows"] * members / tokens)
+        assert run["fisher_mfu"] == pytest.approx(3 * flops * run["fisher_tokens_per_s"] / peak)
 
 
 def _env() -> dict:

@@ -284,6 +284,11 @@ def test_anisotropy_small_for_isotropic_large_for_shifted():
     direction = torch.zeros(16, dtype=torch.float64)
     direction[0] = 1.0
     assert anisotropy(direction.repeat(5, 1)) == pytest.approx(1.0)
+    # the value itself: the norm of the mean unit vector (numpy), ~1/sqrt(n) for isotropic rows
+    y = x.numpy()
+    unit_mean = (y / np.linalg.norm(y, axis=1, keepdims=True)).mean(axis=0)
+    assert anisotropy(x) == pytest.approx(np.linalg.norm(unit_mean), rel=1e-12)
+    assert 0.3 / math.sqrt(2000) < anisotropy(x) < 3 / math.sqrt(2000)
 
 
 def test_effective_rank_of_identity_like_matrix_and_against_numpy():
@@ -339,6 +344,14 @@ def test_summarize_static_shapes_and_nulls(pair):
     assert first["std"] == pytest.approx(np.std([p["topk_overlap"][1] for p in pairs], ddof=1))
     assert first["chance"] == pytest.approx(topk_overlap_chance(30, 1))
     assert first["init"] is None and first["null"] < first["mean"]
+    assert first["null"] == pytest.approx(np.mean([r["topk_overlap"][1] for r in null]))
+    # init: the mean over the init pairs' results, apart from the null's
+    init = [compare_embeddings(geoms[i], geoms[j], ks) for i, j in ((1, 0), (2, 1))]
+    with_init = summarize_static(pairs, ks, 30, null=null, init=init)
+    for key in ("linear_cka", "procrustes_disparity"):
+        assert with_init[key]["init"] == pytest.approx(np.mean([r[key] for r in init]))
+        assert with_init[key]["null"] == pytest.approx(np.mean([r[key] for r in null]))
+        assert with_init[key]["init"] != with_init[key]["null"]
     assert out["rbf_cka"]["bandwidth"] == "0.5 x median pairwise distance"
     single = summarize_static([], ks, 30)
     assert single["linear_cka"] == {"mean": None, "std": None, "null": None, "init": None}

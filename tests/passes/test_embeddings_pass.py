@@ -34,3 +34,21 @@ def test_init_embeddings_fall_back_to_the_model_or_none(tmp_path: Path) -> None:
     assert torch.equal(init_embeddings(str(tmp_path / "init"), trained), input_embeddings(init))
     assert init_embeddings(None, trained) is None
     assert init_embeddings(str(tmp_path / "missing"), trained) is None
+
+
+def test_mean_pool_averages_real_tokens_only():
+    """Padding must not dilute a window's mean (a slow loop over the real tokens)."""
+    import torch
+
+    from fmaudit.passes.predictions import mean_pool
+
+    gen = torch.Generator().manual_seed(0)
+    states = [torch.randn(3, 5, 4, generator=gen) for _ in range(2)]
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    pooled = mean_pool(states, mask)
+    assert pooled.shape == (3, 2, 4)
+    for b in range(3):
+        real = int(mask[b].sum())
+        for layer, h in enumerate(states):
+            expected = sum(h[b, t] for t in range(real)) / real
+            assert torch.allclose(pooled[b, layer], expected, atol=1e-6)

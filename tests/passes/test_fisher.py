@@ -111,6 +111,18 @@ def test_batch_estimator_is_squared_batch_mean_gradient():
     n = b.labels.numel()
     for g, v in sums.items():
         assert result.sums[g] == pytest.approx(v / n, rel=1e-4)
+    # the tied view: the tied model's own gradient (both roles summed), squared once
+    tied = tiny("bert")
+    tied.load_state_dict(model.state_dict())
+    logits = tied(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+    torch.nn.functional.cross_entropy(logits[b.target_mask], b.labels).backward()
+    tied_sums: dict[str, float] = {}
+    for name, p in tied.named_parameters():
+        tied_sums[group_of(name)] = tied_sums.get(group_of(name), 0.0) + \
+            float(p.grad.double().pow(2).sum())
+    assert result.tied and set(result.sums_tied) == set(tied_sums)
+    for g, v in tied_sums.items():
+        assert result.sums_tied[g] == pytest.approx(v / n, rel=1e-4)
 
 
 def test_sampled_labels_are_seeded():
@@ -140,3 +152,44 @@ def test_half_precision_request_keeps_the_one_backward_path(monkeypatch):
     half = run_fisher_pass(model, [b], dtype=torch.bfloat16)
     full = run_fisher_pass(model, [b])
     assert half.sums == pytest.approx(full.sums, rel=1e-6)
+
+
+def test_targets_are_uniform_over_each_windows_predicted_positions():
+    """One target per window, drawn uniformly from its predicted positions by the window's own
+    generator: a chi-square test over many windows, and other seeds draw otherwise."""
+    from scipy.stats import chisquare
+
+    from fmaudit.passes.eval_data import EvalBatch
+
+    n, cols = 4000, [2, 5, 6, 9]
+    target = torch.zeros(n, L, dtype=torch.bool)
+    target[:, cols] = True
+    b = EvalBatch(torch.arange(n), torch.zeros(n, L, dtype=torch.long),
+                  torch.ones(n, L, dtype=torch.long), target,
+                  torch.arange(n * len(cols)))
+    rows, chosen, lab = pick_targets(b, seed=0)
+    assert rows.tolist() == list(range(n))
+    counts = [int((chosen == c).sum()) for c in cols]
+    assert sum(counts) == n and chisquare(counts).pvalue > 1e-3
+    # the label index points at the chosen position's label (row-major order of the mask)
+    assert lab.tolist() == [r * len(cols) + cols.index(c) for r, c in
+                            zip(rows.tolist(), chosen.tolist(), strict=True)]
+    _, other, _ = pick_targets(b, seed=1)
+    assert 0.6 < float((other != chosen).double().mean()) < 0.9  # 3/4 expected
+
+
+def test_sampled_labels_follow_the_models_distribution():
+    """Sampled (true-Fisher) labels are draws from softmax(logits): a chi-square test over
+    many windows, reproducible for a seed."""
+    from scipy.stats import chisquare
+
+    from fmaudit.passes.fisher import sample_labels
+
+    probs = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])
+    n = 4000
+    logits = probs.log().expand(n, -1)
+    labels = sample_labels(logits, torch.arange(n), seed=0)
+    counts = torch.bincount(labels, minlength=5)
+    assert chisquare(counts.numpy(), (probs * n).numpy()).pvalue > 1e-3
+    assert torch.equal(labels, sample_labels(logits, torch.arange(n), seed=0))
+    assert not torch.equal(labels, sample_labels(logits, torch.arange(n), seed=1))

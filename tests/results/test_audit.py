@@ -140,6 +140,75 @@ def test_js_matches_scipy_on_the_same_positions(tmp_path, genome, capsys):
     assert e["disagreement"]["argmax_agreement"]["mean"] == pytest.approx(np.mean(agree))
 
 
+def test_sections_recomputed_from_the_models(tmp_path, genome, capsys):
+    """The report's wiring, recomputed from the saved models on the same windows and masks:
+    context gain = unigram CE - CE; contextual layer CKA, last-layer anisotropy and effective
+    rank with numpy from masked mean-pooled hidden states; Fisher totals and tied shares from
+    each member's own Fisher pass."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from fmaudit.corpus import open_corpus
+    from fmaudit.metrics import group_shares
+    from fmaudit.passes.eval_data import batches
+    from fmaudit.passes.fisher import run_fisher_pass
+    from fmaudit.tokenizer import window_chars
+
+    paths = save_family(tmp_path / "fam", "bert", seeds=(0, 1))
+    rep = audit([str(p) for p in paths], genome, tmp_path / "out", capsys, "--device", "cpu")
+    e = rep["ensembles"]["model"]
+    ce, gain = e["cross_entropy_bits"]["members"], e["context_gain_bits"]["members"]
+    assert gain == pytest.approx([e["unigram_cross_entropy_bits"] - c for c in ce], rel=1e-12)
+
+    tok = AutoTokenizer.from_pretrained(paths[0])
+    models = [AutoModelForMaskedLM.from_pretrained(p).eval() for p in paths]
+    corpus = open_corpus(genome)
+    texts = [w.text for w in corpus.windows("all", length=window_chars(tok, SEQ, corpus), n=12,
+                                            seed=0)]
+    pooled = [[], []]
+    with torch.no_grad():
+        for b in batches(texts, tok, SEQ, "mlm", 0, 0.15, 5):
+            mask = b.attention_mask[:, :, None].double()
+            for m, model in enumerate(models):
+                states = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                               output_hidden_states=True).hidden_states
+                pooled[m].append(np.stack([((h.double() * mask).sum(1) / mask.sum(1)).numpy()
+                                           for h in states], axis=1))
+    x, y = (np.concatenate(p) for p in pooled)  # [windows, layers, hidden]
+
+    def cka(a, b):
+        a, b = a - a.mean(0), b - b.mean(0)
+        return np.linalg.norm(b.T @ a) ** 2 / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+
+    ctx = e["contextual_embeddings"]
+    assert ctx["windows"] == 12 and len(ctx["layers"]) == x.shape[1]
+    for layer in ctx["layers"]:
+        i = layer["layer"]
+        assert layer["linear_cka"]["mean"] == pytest.approx(cka(x[:, i], y[:, i]), rel=1e-5)
+    assert ctx["layers"][-1]["linear_cka"]["mean"] < 1 - 1e-6  # two seeds, not one twice
+
+    def aniso(h):
+        return np.linalg.norm((h / np.linalg.norm(h, axis=1, keepdims=True)).mean(0))
+
+    def erank(h):
+        s = np.linalg.svd(h, compute_uv=False)
+        p = s / s.sum()
+        return math.exp(-(p * np.log(p)).sum())
+
+    last = [x[:, -1], y[:, -1]]
+    assert ctx["anisotropy"]["members"] == pytest.approx([aniso(h) for h in last], rel=1e-5)
+    assert ctx["effective_rank"]["members"] == pytest.approx([erank(h) for h in last], rel=1e-5)
+
+    fisher = e["fisher"]
+    runs = [run_fisher_pass(model, batches(texts[:6], tok, SEQ, "mlm", 0, 0.15, 5), seed=0)
+            for model in models]
+    assert fisher["totals"]["members"] == pytest.approx(
+        [sum(r.sums.values()) for r in runs], rel=1e-6)
+    tied = [group_shares(r.sums_tied) for r in runs]
+    for group, stat in fisher["share_tied"].items():
+        assert stat["members"] == pytest.approx([t[group] for t in tied], rel=1e-6)
+    assert fisher["share_tied"]["embeddings"]["mean"] != fisher["share"]["embeddings"]["mean"]
+
+
 def test_causal_family(tmp_path, genome, capsys):
     members = [str(p) for p in save_family(tmp_path / "gpt", "gpt2", seeds=(0, 1))]
     rep = audit(members, genome, tmp_path / "out", capsys)

@@ -32,3 +32,17 @@ def test_benchmark_small_form() -> None:
     # same model, batches, optimiser and schedule: the two loops reach the same weights
     # (bf16 autocast on a GPU rounds the two loops' different kernel orders to ~3 digits)
     assert result["max_abs_weight_diff"] < (1e-4 if result["mixed_precision"] == "no" else 3e-2)
+
+
+def test_timed_window_covers_exactly_the_timed_steps() -> None:
+    """Step i ends at times[i]; with distinct step durations, the window's seconds are the sum
+    of the timed steps' durations and nothing else."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import train_vs_trainer
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    durations = [2.0**i for i in range(12)]  # every subset has its own sum
+    ends = [sum(durations[: i + 1]) for i in range(12)]
+    timed = range(4, 10)
+    assert train_vs_trainer.timed_seconds(ends, timed) == sum(durations[4:10])
