@@ -415,3 +415,71 @@ def test_gate_object_matches_the_schema(two: Report, baseline_two: Report,
     again = run_gate(two, path, baseline_two)
     assert again.count("fail") == result.count("fail")
     assert again.count("pass") == result.count("pass") + 1
+
+
+# --- boundaries and messages the fixtures alone do not pin ------------------------------------
+
+def test_a_drop_within_max_decrease_passes(two: Report, baseline_two: Report,
+                                           policy_file: PolicyFile) -> None:
+    then = members(two, "dna", "entropy", "normalized").mean()
+    now = members(baseline_two, "dna", "entropy", "normalized").mean()
+    drop = then - now
+    assert drop > 0
+    body = ('[[check]]\nmetric = "entropy.normalized"\nensemble = "dna"\n'
+            f'max_decrease = {float(drop) * 1.5!r}\n')
+    row = gate(baseline_two, policy_file, body, two).checks[0]
+    assert row.status == "pass"
+    assert row.min == pytest.approx(then - drop * 1.5)
+
+
+def test_an_infinite_ratio_is_skipped(two: Report, policy_file: PolicyFile) -> None:
+    two["ensembles"]["dna"]["unigram_cross_entropy_bits"] = 1e300
+    two["ensembles"]["text"]["unigram_cross_entropy_bits"] = 1e-300
+    row = gate(two, policy_file, '[[check]]\nmetric = "unigram_cross_entropy_bits"\n'
+               'relative_to = "text"\nmax = 1\n').checks[0]
+    assert row.status == "skip" and row.value is None
+
+
+@pytest.mark.parametrize(("stat", "expected"), [("max", 0.9), ("min", 0.05)])
+def test_stat_reads_every_member(two: Report, policy_file: PolicyFile, stat: str,
+                                 expected: float) -> None:
+    """The extreme member first, last and in the middle."""
+    node = two["ensembles"]["dna"]["fisher"]["coarse"]["embeddings"]
+    for order in ([0.9, 0.3, 0.05], [0.3, 0.05, 0.9], [0.05, 0.9, 0.3]):
+        node["members"] = order
+        row = gate(two, policy_file, '[[check]]\nmetric = "fisher.coarse.embeddings"\n'
+                   f'ensemble = "dna"\nstat = "{stat}"\nmax = 100\n').checks[0]
+        assert row.value == expected
+
+
+def test_summary_counts_every_status(single: Report, policy_file: PolicyFile) -> None:
+    result = gate(single, policy_file, """
+[[check]]
+metric = "disagreement.js_distance@top_p=1.0"
+max = 0.0
+[[check]]
+metric = "entropy.normalized"
+stat = "std"
+max = 0.0
+[[check]]
+metric = "entropy.normalized"
+max = 0.9
+""")
+    assert result.summary() == ("gate PASSED: 1 passed, 0 failed, 2 skipped (not applicable) "
+                                "of 3 checks")
+
+
+def test_below_min_with_both_bounds_says_min(two: Report, policy_file: PolicyFile) -> None:
+    value = members(two, "text", "entropy", "normalized").mean()
+    row = gate(two, policy_file, '[[check]]\nmetric = "entropy.normalized"\n'
+               f'ensemble = "text"\nmin = {float(value) + 0.01!r}\n'
+               f'max = {float(value) + 0.1!r}\n').checks[0]
+    assert row.status == "fail" and "< min" in row.message and "> max" not in row.message
+
+
+def test_a_skipped_plain_number_has_no_stat(two: Report, policy_file: PolicyFile) -> None:
+    """A row skipped for an undefined ratio of plain numbers names no statistic (a table's
+    would say mean)."""
+    row = gate(two, policy_file, '[[check]]\nmetric = "corpus.unk_fraction"\nensemble = "dna"\n'
+               'relative_to = "text"\nmax = 1\n').checks[0]
+    assert (row.status, row.stat) == ("skip", None)

@@ -91,6 +91,14 @@ def test_text_table_rows(mixed: GateResult) -> None:
     assert len(fails) == mixed.count("fail")
 
 
+def test_values_are_shown_to_four_significant_digits(mixed: GateResult) -> None:
+    text, md = render(mixed, OutputFormat.TEXT), render(mixed, OutputFormat.MD)
+    shown = [row for row in mixed.checks if row.value is not None]
+    assert shown
+    for row in shown:
+        assert f"{row.value:.4g}" in text and f"{row.value:.4g}" in md
+
+
 def test_markdown_table(mixed: GateResult) -> None:
     lines = render(mixed, OutputFormat.MD).splitlines()
     table = [ln for ln in lines if ln.startswith("|")]

@@ -64,6 +64,10 @@ def test_string_selector_and_chained_selectors() -> None:
                      {"name": "b", "k": 2, "v": 3.0}]}
     assert resolve(node, "rows@name=b.v") == 2.0  # first match
     assert resolve(node, "rows@name=b@k=2.v") == 3.0
+    # the second selector filters the first one's hits, not the whole list
+    node["rows"].insert(0, {"name": "a", "k": 2, "v": 0.0})
+    assert resolve(node, "rows@name=b@k=2.v") == 3.0
+    assert resolve(node, "rows@k=2@name=b.v") == 3.0
 
 
 @pytest.mark.parametrize(("path", "message"), [
@@ -162,3 +166,10 @@ def test_compact_names_expand_back_to_the_full_list(two: dict[str, Any]) -> None
         expanded += ["".join(c) for c in itertools.product(*choices)]
     assert sorted(expanded) == sorted(metric_names(dna))
     assert len(compact_names(dna)) < len(metric_names(dna))
+
+
+def test_names_include_a_statistics_extra_fields(two: dict[str, Any]) -> None:
+    """chance, null and init beside mean/std are gate metrics too."""
+    names = set(metric_names(two["ensembles"]["dna"]))
+    for extra in ("chance", "null", "init"):
+        assert f"static_embeddings.topk_overlap@k=10.{extra}" in names

@@ -165,3 +165,10 @@ def test_commented_examples_in_the_default_policy_are_valid(tmp_path: Path) -> N
     path = tmp_path / "all.toml"
     path.write_text(uncommented, encoding="utf-8")
     assert load_policy(path).needs_baseline
+
+
+def test_min_equal_to_max_is_a_valid_range(policy_file: PolicyFile) -> None:
+    """The docs allow min <= max: a pinned value."""
+    policy = load_policy(policy_file('[[check]]\nmetric = "entropy.normalized"\nmin = 0.5\n'
+                                     'max = 0.5\n'))
+    assert (policy.checks[0].min, policy.checks[0].max) == (0.5, 0.5)
