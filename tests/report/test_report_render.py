@@ -153,6 +153,25 @@ def test_gate_verdict_shown(rendered_three: dict[str, Any]) -> None:
     assert [md_unescape(r[1]) for r in failed["rows"]] == ["dna-kmer"]  # only failed checks
 
 
+def test_gate_checks_table_verdicts_follow_each_check(rendered_three: dict[str, Any]) -> None:
+    """pass / FAIL (marked class="fail") / n/a for a skipped check, one row per check in order;
+    a gate whose verdict is null gets no pass/fail tone."""
+    html = rendered_three["html"]
+    table = html[html.index("<caption>Gate checks</caption>"):]
+    table = table[: table.index("</table>")]
+    first_cells = re.findall(r"<tr><td([^>]*)>([^<]*)</td><td[^>]*>([^<]*)</td>", table)
+    checks = rendered_three["report"]["gate"]["checks"]
+    expected = [{True: "pass", False: "FAIL", None: "n/a"}[c["passed"]] for c in checks]
+    assert [cell for _, cell, _ in first_cells] == expected
+    assert [ens for _, _, ens in first_cells] == [c["ensemble"] for c in checks]
+    assert [attr for attr, cell, _ in first_cells if cell == "FAIL"] == [' class="fail"']
+    undecided = copy.deepcopy(rendered_three["report"])
+    undecided["gate"]["passed"] = None
+    html = render_html(build_document(undecided))
+    assert "Gate: n/a" in html and '<p class="fail">Gate' not in html
+    assert '<p class="pass">Gate' not in html
+
+
 def test_single_member_nulls_render_as_na(rendered_three: dict[str, Any]) -> None:
     summary = markdown_tables(rendered_three["md"])[0]
     row = next(r for r in summary["rows"] if r[0] == "dna-bpe")
@@ -301,3 +320,64 @@ def test_values_too_large_to_draw_leave_that_figure_out(tmp_path: Path) -> None:
     drawn = {p.stem for p in (tmp_path / "figures").glob("*.svg")}
     assert "entropy" not in drawn and {"rank_profile", "disagreement"} <= drawn
     assert "Figure entropy is left out" in (tmp_path / "report.md").read_text()
+
+
+def _html_table(html: str, caption: str) -> list[list[str]]:
+    """The cells of the table with ``caption``, row by row (header row first), unescaped."""
+    import html as html_lib
+
+    start = html.index(f"<caption>{caption}</caption>")
+    table = html[start:html.index("</table>", start)]
+    return [[html_lib.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", table)]
+
+
+def test_every_html_table_reads_its_own_json_fields(tmp_path: Path) -> None:
+    """The HTML-only tables, cell by cell against the report they render (a live audit's: the
+    demo's), so no column can show a neighbouring field (null for init, chance for null,
+    CKA for kNN overlap, the untied share for the tied one)."""
+    import json
+
+    from fmaudit.report.values import fmt_num, fmt_stat
+
+    report = json.loads((Path(__file__).parents[2] / "reports/demo/report.json").read_text())
+    render_report(report, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    ens = report["ensembles"]
+    labels = {"Procrustes disparity": "procrustes_disparity",
+              "Procrustes cosine": "procrustes_cosine", "linear CKA": "linear_cka",
+              "RBF CKA": "rbf_cka"}
+    whole = _html_table(html, "Whole-matrix comparisons between seeds")
+    assert whole[0] == ["ensemble", "metric", "between seeds", "null", "init"]
+    assert len(whole) == 1 + len(ens) * len(labels)
+    for name, label, pairs, null, init in whole[1:]:
+        stat = ens[name]["static_embeddings"][labels[label]]
+        assert (pairs, null, init) == (fmt_stat(stat), fmt_num(stat["null"]),
+                                       fmt_num(stat["init"]))
+    topk = _html_table(html, "Top-k neighbour overlap")
+    assert topk[0] == ["ensemble", "k", "overlap", "chance", "null", "init"]
+    for name, k, overlap, chance, null, init in topk[1:]:
+        stat = next(r for r in ens[name]["static_embeddings"]["topk_overlap"]
+                    if r["k"] == int(k.replace(",", "")))
+        assert (overlap, chance, null, init) == (fmt_stat(stat), fmt_num(stat["chance"]),
+                                                 fmt_num(stat["null"]), fmt_num(stat["init"]))
+    for caption, key in (("Linear CKA between seeds per layer", "linear_cka"),
+                         ("kNN overlap between seeds per layer", "knn_overlap")):
+        table = _html_table(html, caption)
+        assert table[0] == ["layer", *ens]
+        for layer, *cells in table[1:]:
+            assert cells == [fmt_stat(e["contextual_embeddings"]["layers"][int(layer)][key])
+                             for e in ens.values()]
+    fisher = _html_table(html, "Share of Fisher information per coarse group")
+    assert fisher[0] == ["ensemble", "attribution", "embeddings", "body", "head"]
+    for name, attribution, *cells in fisher[1:]:
+        coarse = ens[name]["fisher"]["coarse" if attribution == "untied" else "coarse_tied"]
+        assert cells == [fmt_stat(coarse[g]) for g in ("embeddings", "body", "head")]
+    assert {row[1] for row in fisher[1:]} == {"untied", "tied once"}
+    members = _html_table(html, "Members")
+    col = {h: i for i, h in enumerate(members[0])}
+    listed = [m for e in ens.values() for m in e["members"]]
+    assert len(members) == 1 + len(listed)
+    for row, member in zip(members[1:], listed, strict=True):
+        assert row[col["parameters"]] == fmt_num(member["parameters"])
+        assert row[col["seed"]] == fmt_num(member["seed"])

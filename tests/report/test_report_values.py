@@ -145,3 +145,27 @@ def test_reference_checkers_catch_what_they_should() -> None:
     good = '<a href="#s">x</a><img src="data:image/png;base64,AA"><p>src=text only</p>'
     assert external_refs(good) == []
     assert raw_refs(good) == ["text"]  # the strict regex also flags text that looks like one
+
+
+def test_formatting_examples_and_boundaries() -> None:
+    """Exact texts at the documented examples and at every threshold (a property test with a
+    tolerance lets an extra digit or a boundary slip)."""
+    from fmaudit.report.values import fmt_seconds
+
+    assert fmt_stat({"mean": 0.45083, "std": 0.00157}) == "0.4508 ± 0.0016"
+    assert fmt_stat({"mean": 3497.2, "std": 57.3}) == "3,497 ± 57"
+    assert fmt_stat({"mean": 0.25, "std": 0.0}) == "0.25 ± 0"
+    assert fmt_stat({"mean": 0.123456, "std": 3.1e-5}) == "0.123456 ± 0.000031"  # 6 decimals
+    assert fmt_stat({"mean": 0.1234567, "std": 3.1e-6}) == "0.1235 ± 3.1e-06"  # beyond 6
+    assert fmt_num(1000.0) == "1,000" and fmt_num(999.94) == "999.9"
+    assert fmt_num(0.001) == "0.001" and fmt_num(0.00099) == "9.900e-04"
+    assert fmt_num(1.25e-4) == "1.250e-04" and fmt_num(-2.5e-5) == "-2.500e-05"
+    assert fmt_seconds(59.94) == "59.9 s" and fmt_seconds(60) == "1 min 00 s"
+    assert fmt_seconds(125.4) == "2 min 05 s"
+
+
+def test_find_top_p_does_not_take_a_neighbouring_level() -> None:
+    entries = [{"top_p": 0.05, "mean": 1.0}, {"top_p": 0.1, "mean": 2.0}]
+    assert find_top_p(entries, 0.1)["mean"] == 2.0
+    assert find_top_p(entries, 0.05)["mean"] == 1.0
+    assert find_top_p(entries, 0.06) == {}
