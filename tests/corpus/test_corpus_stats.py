@@ -224,6 +224,33 @@ def test_interpolated_ngram_matches_slow_dicts() -> None:
     assert len(counts.tables[3][0]) < v**4
 
 
+def test_context_cross_entropy_is_the_mean_of_the_slow_log_probabilities() -> None:
+    from fmaudit.corpus.stats import context_cross_entropy_bits
+
+    rng = np.random.default_rng(3)
+    v = 6
+    seq = [0]
+    for _ in range(2000):
+        seq.append((seq[-1] * 2 + int(rng.integers(2))) % v)
+    train, evals = [np.array(seq[:1500])], [np.array(seq[1500:])]
+    ce, positions = context_cross_entropy_bits(train, evals, v, orders=(1, 2, 3))
+    model = InterpolatedNgram(v, order=3).fit(train)
+    slow = _slow_log2p([s.tolist() for s in train], [s.tolist() for s in evals], v, model.lam, 3)
+    assert positions == len(slow[0]) == 501 - 3
+    for k in (1, 2, 3):
+        assert ce[str(k)] == pytest.approx(-np.mean(slow[k]), rel=1e-10)
+
+
+def test_dev_slice_is_the_end_of_the_stream() -> None:
+    segments = [np.arange(5), np.arange(10, 15)]
+    fit, dev = InterpolatedNgram._split_dev(segments, 0.3)
+    assert [s.tolist() for s in dev] == [[12, 13, 14]]
+    assert [s.tolist() for s in fit] == [[0, 1, 2, 3, 4], [10, 11]]
+    fit, dev = InterpolatedNgram._split_dev(segments, 0.7)  # across a segment boundary
+    assert [s.tolist() for s in dev] == [[3, 4], [10, 11, 12, 13, 14]]
+    assert [s.tolist() for s in fit] == [[0, 1, 2]]
+
+
 def test_interpolated_ngram_is_normalised() -> None:
     rng = np.random.default_rng(1)
     v = 9
@@ -279,3 +306,18 @@ def test_bundled_corpora_stats_are_sane() -> None:
     # the study's contrast: DNA tokens are near-uniform, English ones are not
     assert dna["unigram_entropy_normalized"] > 0.9 > text["unigram_entropy_normalized"]
     assert text["context_cross_entropy_bits"]["2"] < text["unigram_cross_entropy_bits"] - 1
+
+
+def test_context_caps_bound_each_split_separately(make_fasta) -> None:
+    """The context model is fit on the first max_context_tokens train tokens and scored on
+    the first max_eval_tokens held-out ones (one contig: one stretch per split)."""
+    rng = np.random.default_rng(5)
+    genome = make_fasta({"c1": "".join(rng.choice(list("ACGT"), 400))})
+    c = open_corpus(genome, CorpusOptions(holdout="0.5"))
+    tok = build_tokenizer("kmer:1")
+    out = corpus_stats(c, tok, max_context_tokens=50, max_eval_tokens=30)
+    assert out["context_train_tokens"] == 50
+    assert out["context_eval_positions"] == 30 - 3  # a full 3-token history
+    wide = corpus_stats(c, tok, max_context_tokens=10**6, max_eval_tokens=10**6)
+    assert wide["context_train_tokens"] == out["train_tokens"] == 200
+    assert wide["context_eval_positions"] == 200 - 3

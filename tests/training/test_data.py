@@ -145,6 +145,8 @@ def test_sampled_stream_draws_per_chunk_and_restarts_anywhere(tok) -> None:
     steps = [a.global_batch(s) for s in range(7)]
     assert [n for n, _ in calls] == [12, 12, 12]  # chunks 0, 1, 2
     assert calls[0][1] == derive_seed(5, 0, 0x5A3)
+    # every chunk draws its own windows (a fixed seed would loop a genome's first chunk)
+    assert [seed for _, seed in calls] == [derive_seed(5, c, 0x5A3) for c in range(3)]
     b = sampled_stream(draw, encode, 4, _rule(tok), data_seed=5, chunk_steps=3)
     for s in (5, 1):  # a resumed run starts mid-chunk
         assert torch.equal(b.global_batch(s).input_ids, steps[s].input_ids)
@@ -169,3 +171,97 @@ def test_clm_labels_are_regular_tokens(tok, encoded) -> None:
     assert torch.equal(batch.input_ids[:, 1:-1], batch.labels[:, 1:-1])
     assert (batch.labels[:, [0, -1]] == IGNORE).all()
     assert batch.n_targets == 4 * (SEQ - 2)  # next-token terms whose target is regular
+
+
+# -- the masking rules, against their own per-window draws ---------------------------------------
+def test_bert_corruption_follows_each_windows_draws(tok) -> None:
+    """80% [MASK], 10% a random REGULAR token, 10% unchanged, decided by the window's own
+    uniform draw (rebuilt here from window_generator), and the shares over many windows."""
+    from fmaudit.passes.masking import bert_corruption, window_generator
+
+    rule = _rule(tok)
+    n, length = 3000, 20
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(rule.first_regular_id, rule.first_regular_id + rule.n_regular,
+                        (n, length), generator=gen)
+    masked = torch.rand(n, length, generator=gen) < 0.3
+    wids = torch.arange(100, 100 + n)
+    corrupted, labels = bert_corruption(ids, masked, wids, 7, rule.mask_token_id,
+                                        rule.n_regular, rule.first_regular_id, salt=5)
+    assert torch.equal(labels[masked], ids[masked]) and bool((labels[~masked] == -100).all())
+    assert torch.equal(corrupted[~masked], ids[~masked])
+    kinds = {"mask": 0, "random": 0, "same": 0}
+    for row in range(0, n, 97):  # the draws themselves, on a sample of windows
+        g = window_generator(7, int(wids[row]), 5 + 1_000_003)
+        u = torch.rand(length, generator=g)
+        rand = torch.randint(rule.n_regular, (length,), generator=g) + rule.first_regular_id
+        for t in masked[row].nonzero().flatten().tolist():
+            want = (rule.mask_token_id if u[t] < 0.8 else int(rand[t]) if u[t] < 0.9
+                    else int(ids[row, t]))
+            assert int(corrupted[row, t]) == want
+    changed = corrupted[masked]
+    kinds["mask"] = int((changed == rule.mask_token_id).sum())
+    kinds["same"] = int((changed == ids[masked]).sum())
+    kinds["random"] = int(masked.sum()) - kinds["mask"] - kinds["same"]
+    shares = {k: v / int(masked.sum()) for k, v in kinds.items()}
+    assert abs(shares["mask"] - 0.8) < 0.02 and abs(shares["random"] - 0.1) < 0.015
+    # a random replacement is a regular token, never a special one
+    replaced = changed[changed != rule.mask_token_id]
+    assert bool((replaced >= rule.first_regular_id).all())
+    assert bool((replaced < rule.first_regular_id + rule.n_regular).all())
+
+
+@pytest.mark.parametrize(("n", "prob", "count"), [(17, 0.15, 3), (16, 0.15, 2), (10, 0.05, 1),
+                                                  (3, 0.1, 1), (20, 1.0, 20)])
+def test_mask_count_is_the_rounded_share_and_at_least_one(n: int, prob: float,
+                                                          count: int) -> None:
+    eligible = torch.zeros(2, n + 2, dtype=torch.bool)
+    eligible[:, 1:-1] = True
+    chosen = choose_masked_positions(eligible, torch.tensor([0, 1]), 0, prob)
+    assert chosen.sum(dim=1).tolist() == [count, count]
+    assert not bool((chosen & ~eligible).any())
+
+
+def test_salt_and_seed_give_independent_masks() -> None:
+    eligible = torch.ones(64, 40, dtype=torch.bool)
+    wids = torch.arange(64)
+    base = choose_masked_positions(eligible, wids, 0, 0.15)
+    assert torch.equal(base, choose_masked_positions(eligible, wids, 0, 0.15))
+    for other in (choose_masked_positions(eligible, wids, 0, 0.15, salt=1),
+                  choose_masked_positions(eligible, wids, 1, 0.15)):
+        assert not torch.equal(base, other)
+
+
+def test_training_masks_follow_the_data_seed(tok, encoded) -> None:
+    rule = _rule(tok)
+    sample_ids = torch.arange(8)
+    part = {k: v[:8] for k, v in encoded.items()}
+    a = rule.train_inputs(part, sample_ids, seed=0)[1]
+    assert torch.equal(a, rule.train_inputs(part, sample_ids, seed=0)[1])
+    assert not torch.equal(a, rule.train_inputs(part, sample_ids, seed=1)[1])
+
+
+def test_held_out_masks_are_the_reports(tok, encoded) -> None:
+    """The training run's held-out loss is scored on the masks `fmaudit report` draws for
+    the same windows (window index i, the report's seed 0)."""
+    from fmaudit.training.data import EvalSet
+
+    rule = _rule(tok)
+    ev = EvalSet.build(encoded, rule)
+    eligible = encoded["attention_mask"].bool() & ~encoded["special_tokens_mask"].bool()
+    n = encoded["input_ids"].shape[0]
+    expected = choose_masked_positions(eligible, torch.arange(n), 0, rule.mask_prob)
+    assert torch.equal(ev.labels != -100, expected)
+
+
+def test_eval_batches_cover_every_row_once_when_a_process_has_none(tok, encoded) -> None:
+    """4 rows, 2 per process, 3 processes: the third gets a label-free filler, nothing is
+    counted twice."""
+    from fmaudit.training.data import EvalSet
+
+    ev = EvalSet.build({k: v[:4] for k, v in encoded.items()}, _rule(tok))
+    labelled = [int((b["labels"] != -100).sum())
+                for rank in range(3) for b in ev.batches(2, rank, 3)]
+    assert sum(labelled) == int((ev.labels != -100).sum())
+    assert [len(ev.batches(2, rank, 3)) for rank in range(3)] == [1, 1, 1]
+    assert labelled[2] == 0

@@ -197,3 +197,68 @@ def test_training_again_with_other_settings_in_one_process(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="already been initialized"):
         Accelerator(cpu=True, mixed_precision="no")
     assert make_accelerator(_recipe(), "no", [], tmp_path).mixed_precision == "no"
+
+
+def test_final_step_is_always_evaluated(tok, windows, tmp_path: Path) -> None:
+    _, prog, _ = _train(tok, windows, tmp_path, max_steps=7, eval_every=3)
+    assert [e["step"] for e in prog.evals] == [3, 6, 7]
+
+
+def test_train_targets_are_each_steps_loss_terms(tok, windows, tmp_path: Path) -> None:
+    """final_train_loss weights steps by their loss terms (masked positions), not tokens."""
+    r = _recipe()
+    stream = tiled_stream(windows, r.batch_size, LabelRule.from_tokenizer(tok, "mlm", 0.15), 0)
+    _, prog, _ = _train(tok, windows, tmp_path)
+    assert prog.train_targets == [stream.global_batch(s).n_targets for s in range(6)]
+    assert prog.train_targets != [stream.global_batch(s).n_tokens for s in range(6)]
+
+
+def test_no_weight_decay_on_biases_and_norms(tok) -> None:
+    from fmaudit.training.loop import build_optimizer
+
+    r = _recipe(weight_decay=0.05)
+    model = build_model(r, tok, seed=0)
+    opt = build_optimizer(model, r)
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(decay_of) == len(params)
+    for p in params:
+        assert decay_of[id(p)] == (0.05 if p.ndim >= 2 else 0.0)
+
+
+def test_gradients_are_clipped_to_the_recipes_norm(tok, windows, tmp_path: Path,
+                                                   monkeypatch) -> None:
+    """clip_grad_norm_ once per optimiser step with the recipe's limit; a tiny limit changes
+    the weights, no limit (0) never calls it."""
+    from accelerate import Accelerator
+
+    calls = []
+    real = Accelerator.clip_grad_norm_
+
+    def spy(self, parameters, max_norm, *args, **kwargs):
+        calls.append(max_norm)
+        return real(self, parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", spy)
+    clipped, _, _ = _train(tok, windows, tmp_path / "a", max_steps=2, grad_clip=1e-4,
+                           dropout=0.0)
+    assert calls == [1e-4, 1e-4]
+    calls.clear()
+    free, _, _ = _train(tok, windows, tmp_path / "b", max_steps=2, grad_clip=0.0, dropout=0.0)
+    assert calls == []
+    assert any(not torch.equal(a, b) for a, b in zip(clipped.state_dict().values(),
+                                                     free.state_dict().values(), strict=True))
+
+
+def test_dropout_draws_differ_from_step_to_step(tok, windows, tmp_path: Path,
+                                                monkeypatch) -> None:
+    """Each step seeds dropout from (seed, step, rank): a fixed seed would reuse one mask."""
+    import fmaudit.training.loop as loop
+
+    seeds = []
+    real = torch.manual_seed
+    monkeypatch.setattr(loop.torch, "manual_seed", lambda s: seeds.append(s) or real(s))
+    _train(tok, windows, tmp_path, max_steps=3)
+    steps = seeds[-3:]  # (the model's init seed comes first)
+    assert steps == [loop.derive_seed(2, step, 0, loop._DROPOUT_SALT) for step in range(3)]
+    assert len(set(steps)) == 3

@@ -94,6 +94,7 @@ def test_manifest_records_provenance_and_losses(dna_ensemble: Ensemble) -> None:
     # the final train loss is the token-weighted mean of the last eval_every steps (recomputed
     # from the per-step history, which the manifest does not store: check the bounds instead)
     assert 0 < m["train_loss"] < math.log(4101)
+    assert m["train_loss_steps"] == r.eval_every  # the window it averages over
     # it learned something: held-out cross-entropy below the uniform log V for every member
     for man in manifests:
         assert man["uniform_loss"] == pytest.approx(math.log(4101))
