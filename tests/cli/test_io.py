@@ -155,3 +155,51 @@ def test_an_interrupted_render_leaves_one_whole_set(tmp_path, monkeypatch, at):
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == \
         sorted(p.name for p in (expected / "figures").iterdir())
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_read_limited_takes_a_file_of_exactly_the_limit(tmp_path) -> None:
+    from fmaudit.io import TooLargeError, read_limited
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    assert read_limited(path, 10) == b"x" * 10
+    with pytest.raises(TooLargeError):
+        read_limited(path, 9)
+
+
+def test_atomic_writes_sync_before_renaming_and_keep_usual_permissions(tmp_path,
+                                                                      monkeypatch) -> None:
+    """The data is on disk before the name points at it; a writer that replaced the staged
+    file with a 0600 one (safetensors, transformers) still leaves 0644 (umask 022); files
+    staged in an atomic folder too, and a link there does not change its target."""
+    import os
+
+    from fmaudit.io import atomic_dir, atomic_path
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append("replace") or
+                        real_replace(a, b))
+    mask = os.umask(0o022)
+    try:
+        target = tmp_path / "out.bin"
+        with atomic_path(target) as tmp:
+            tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.write(fd, b"data")
+            os.close(fd)
+        assert events == ["fsync", "replace"]
+        assert target.read_bytes() == b"data" and (target.stat().st_mode & 0o777) == 0o644
+        private = tmp_path / "private"
+        private.write_text("secret")
+        os.chmod(private, 0o600)
+        folder = tmp_path / "ckpt"
+        with atomic_dir(folder) as staging:
+            fd = os.open(staging / "w.safetensors", os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+            (staging / "link").symlink_to(private)
+        assert (folder / "w.safetensors").stat().st_mode & 0o777 == 0o644
+        assert private.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(mask)

@@ -147,8 +147,29 @@ def test_index_naming_shards_outside_the_folder_is_refused(family, tmp_path, whe
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(family / "bert" / "seed1" / "model.safetensors", target)
     _sharded(bad, str(target) if where == "ABSOLUTE" else where)
-    with pytest.raises(FmauditError, match=r"names weight shard.* outside"):
+    with pytest.raises(FmauditError, match=r"names weight shard\(s\) outside"):
         load(bad)
+
+
+@pytest.mark.parametrize(("weight_map", "needle"), [
+    ({}, "no 'weight_map'"),
+    ({"a": "model-1.safetensors", "b": "model-2.safetensors"}, r"not in .*model-2"),
+    ({"a": "model-1.safetensors", "b": "folder.safetensors"}, r"not in .*folder"),
+    ({"a": "model-1.safetensors", "b": "evilsafetensors"}, r"not safetensors \(evilsafetensors"),
+    ({"a": "model-1.safetensors", "b": "../model-1.safetensors"}, r"shard\(s\) outside"),
+])
+def test_every_shard_the_index_names_is_checked(family, tmp_path, weight_map, needle):
+    """Each named shard, not only the first: present, a plain file, safetensors, beside it."""
+    bad = copy_member(family, tmp_path)
+    shutil.copy(bad / "model.safetensors", bad / "model-1.safetensors")
+    shutil.copy(bad / "model.safetensors", tmp_path / "model-1.safetensors")
+    (bad / "folder.safetensors").mkdir()
+    (bad / "evilsafetensors").write_bytes(b"")
+    (bad / "model.safetensors").unlink()
+    (bad / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    member = mload.resolve_member(MemberSpec(str(bad)))
+    with pytest.raises(FmauditError, match=needle):
+        mload.check_weights(member, allow_pickle=False)
 
 
 def test_a_member_linked_to_another_members_weights_is_a_duplicate(family, tmp_path, capsys):

@@ -36,3 +36,20 @@ def test_ensemble_option():
     assert parse_ensemble_option("dna=a b,c") == ("dna", ["a", "b", "c"])
     with pytest.raises(FmauditError, match="NAME=SPEC"):
         parse_ensemble_option("no-equals")
+
+
+def test_range_and_revision_limits_are_enforced() -> None:
+    """Each refusal on its own input, and the last '@' starts the revision."""
+    from fmaudit.errors import FmauditError
+    from fmaudit.models.specs import expand_ranges, parse_member_specs
+
+    for spec, needle in (("a<0..40>b<0..40>", "more than 1000"), ("m<1..0>", "is empty")):
+        with pytest.raises(FmauditError, match=needle):
+            expand_ranges(spec)
+    assert len(expand_ranges("a<0..999>")) == 1000  # the limit itself is allowed
+    with pytest.raises(FmauditError, match="malformed '@revision'"):
+        parse_member_specs(["@v1"])
+    with pytest.raises(FmauditError, match="more than 1000 members in all"):
+        parse_member_specs(["a<0..999>", "b"])
+    [spec] = parse_member_specs(["p@x@v1"])
+    assert (spec.source, spec.revision) == ("p@x", "v1")

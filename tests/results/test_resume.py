@@ -263,6 +263,10 @@ def test_store_round_trip_and_isolation(tmp_path, capsys):
     for other, part_key in (({"members": ["a", "c"], "seed": 0}, {"ctx": 4}), (key, {"ctx": 5})):
         assert ResumeStore(tmp_path, other, 1, 2, 1.0, "e0").load("predictions", part_key) is None
         assert "belongs to a run with other inputs" in capsys.readouterr().err
+    # a negative batch count is no state
+    store.save("broken", -1, {"sums": sums})
+    assert store.load("broken") is None
+    assert "cannot be read" in capsys.readouterr().err
     # every_s = 0: no state at all
     off = ResumeStore(tmp_path / "off", key, every_s=0.0)
     off.save("predictions", 1, {"sums": sums})

@@ -152,3 +152,17 @@ def test_foreign_tokenizer_has_no_spec() -> None:
             self.init_kwargs: dict = {"name_or_path": "some/hub-model"}
 
     assert tokenizer_spec_of(Foreign()) is None
+
+
+def test_dna_char_tokenizer_folds_case_and_bpe_floor_is_exact() -> None:
+    """Lowercase (soft-masked) bases, N included, are the uppercase tokens, never [UNK]; BPE
+    needs exactly the specials plus the alphabet, no token fewer."""
+    from fmaudit.tokenizer import token_ids
+
+    tok = build_tokenizer("char", open_corpus(bundled("dna")))
+    upper, lower = token_ids(tok, ["ACGTN", "acgtn"])
+    assert upper == lower and tok.unk_token_id not in upper
+    text = open_corpus(bundled("text"))
+    with pytest.raises(FmauditError, match="below the 261 tokens"):
+        build_tokenizer("bpe:260", text)
+    assert len(build_tokenizer("bpe:261", text)) == 261
