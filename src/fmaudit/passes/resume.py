@@ -145,25 +145,27 @@ class ResumeStore:
             self.every_s = 0.0
 
 
-def on_every_process(flag: bool) -> bool:
-    """True when ``flag`` is true in every process (all-reduced): processes that resume must
-    all resume the same part, or their collective operations no longer pair up."""
+def _processes_with(flag: bool) -> tuple[int, int]:
+    """How many processes have ``flag`` set (all-reduced), and how many there are."""
     from fmaudit.passes.distributed import all_reduce_sum, rank_and_world
 
     _, world = rank_and_world()
     if world == 1:
-        return flag
-    return int(all_reduce_sum(torch.tensor([int(flag)], dtype=torch.float64)).item()) == world
+        return int(flag), 1
+    total = all_reduce_sum(torch.tensor([int(flag)], dtype=torch.float64))
+    return int(total.item()), world
+
+
+def on_every_process(flag: bool) -> bool:
+    """True when ``flag`` is true in every process: processes that resume must all resume the
+    same part, or their collective operations no longer pair up."""
+    count, world = _processes_with(flag)
+    return count == world
 
 
 def on_any_process(flag: bool) -> bool:
-    """True when ``flag`` is true in some process (all-reduced)."""
-    from fmaudit.passes.distributed import all_reduce_sum, rank_and_world
-
-    _, world = rank_and_world()
-    if world == 1:
-        return flag
-    return int(all_reduce_sum(torch.tensor([int(flag)], dtype=torch.float64)).item()) > 0
+    """True when ``flag`` is true in some process."""
+    return _processes_with(flag)[0] > 0
 
 
 def clear_state(out: Path) -> None:
