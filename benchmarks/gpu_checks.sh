@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks behind the README's "On a GPU" figures, in one go (about 6 to 9 minutes on an
-# H100, the first compilation of the fused JS kernel included): the CUDA tests, the bert-90m
+# The GPU checks behind the README's "On a GPU" figures, in one go (about 4 minutes on an H100,
+# 2026-11-26, the first compilation of the fused JS kernel included): the CUDA tests, the bert-90m
 # audit benchmark (also timing the audit with the fused top-p JS kernel, --fused-js, and
 # profiling 8 batches of it into audit_bench.err) and the bert-90m training comparison. Each
 # step writes its output into OUT as it finishes, so a step that overruns keeps the earlier ones.

@@ -104,6 +104,32 @@ def test_fisher_in_bf16_keeps_the_batched_backward(monkeypatch):
         assert half.sums[group] == pytest.approx(full.sums[group], rel=1e-2, abs=1e-12)
 
 
+@pytest.mark.parametrize("estimator", ["per-token", "batch"])
+def test_passes_take_batches_already_on_the_device(estimator):
+    """Batches handed over on the GPU (as the benchmark does) give the same sums as host
+    batches; page-locking them raised 'only dense CPU tensors can be pinned'."""
+    from fmaudit.passes.eval_data import batches
+    from fmaudit.passes.fisher import run_fisher_pass
+    from fmaudit.passes.predictions import run_prediction_pass
+    from fmaudit.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("kmer:3")
+    cuda = torch.device("cuda")
+    models = [tiny_model("bert", len(tok), s, tok=tok).to(cuda) for s in range(2)]
+    host = list(batches([random_dna(90, i) for i in range(8)], tok, SEQ, "mlm", 0, 0.15, 4))
+    on_gpu = [b.to(cuda) for b in host]
+    a, b = (run_fisher_pass(models[0], d, estimator=estimator, device=cuda)
+            for d in (host, on_gpu))
+    assert a.tokens == b.tokens > 0
+    for group in a.sums:
+        assert b.sums[group] == pytest.approx(a.sums[group], rel=1e-6, abs=1e-12)
+    p, q = (run_prediction_pass(models, ["0", "1"], d, len(tok), [0.5, 1.0], "nucleus", cuda)
+            for d in (host, on_gpu))
+    assert p.positions == q.positions > 0
+    expected = numbers([p.members, p.disagreement])
+    assert numbers([q.members, q.disagreement]) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
 def _syncs(fn) -> Counter:
     """Host synchronisations ``fn`` makes on the CUDA device (torch's sync debug mode), counted
     by the Python line that made them."""

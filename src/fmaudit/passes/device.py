@@ -21,8 +21,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
 def to_device(x: _Movable, device: torch.device) -> _Movable:
     """``x`` on ``device`` without making the host wait: to a CUDA device from page-locked
     memory with ``non_blocking=True`` (the copy is queued on the stream ahead of the kernels
-    that read it); elsewhere a plain ``.to(device)`` (a no-op when it is there already)."""
-    if device.type == "cuda":
+    that read it); elsewhere, or for a tensor already on a device (which cannot be pinned), a
+    plain ``.to(device)`` (a no-op when it is there already)."""
+    if device.type == "cuda" and (not isinstance(x, torch.Tensor) or x.device.type == "cpu"):
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
 
