@@ -143,16 +143,22 @@ def audit_child(args: dict, queue: Any) -> None:
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    if args["fused_js"]:
-        # (b) again with the fused top-p JS kernel (instead of the per-level dense path on a
-        # GPU, of the sparse path on the CPU); compiling it is its warm-up
+    result["js_path"] = _js_path(device)  # after the warm-up compiled it, where it compiles
+    if args["alt_js"]:
+        # (b) again through the top-p JS path the device does not take by default: per-level
+        # where the fused kernel is the default (CUDA), else the fused kernel (the CPU's default
+        # is the sparse path); compiling is its warm-up
         from fmaudit.metrics import disagreement
 
-        disagreement._FUSED_DEVICES, disagreement._SPARSE_ON_CPU = (device.type,), False
-        result["fused_js_warmup_s"] = _timed(lambda: audit(cpu_data[:1]), device)
-        result["fused_js_compiled"] = disagreement._compiled.get(device.type) is not None
-        result["b_audit_fused_js_s"] = _timed(audit, device)
-        disagreement._FUSED_DEVICES, disagreement._SPARSE_ON_CPU = (), True
+        saved = disagreement._FUSED_DEVICES, disagreement._SPARSE_ON_CPU
+        if result["js_path"] == "fused":
+            disagreement._FUSED_DEVICES = ()
+        else:
+            disagreement._FUSED_DEVICES, disagreement._SPARSE_ON_CPU = (device.type,), False
+        result["alt_js_warmup_s"] = _timed(lambda: audit(cpu_data[:1]), device)
+        result["alt_js_path"] = _js_path(device)
+        result["b_audit_alt_js_s"] = _timed(audit, device)
+        disagreement._FUSED_DEVICES, disagreement._SPARSE_ON_CPU = saved
     if args["profile"]:  # where the audit's time goes, by operator (device time on a GPU)
         from torch.profiler import ProfilerActivity, profile
 
@@ -189,9 +195,21 @@ def audit_child(args: dict, queue: Any) -> None:
     queue.put(result)
 
 
-def static_embeddings(members: int, vocab: int, hidden: int) -> float:
+def _js_path(device: Any) -> str:
+    """The top-p JS implementation the disagreement accumulator takes on ``device`` now:
+    "sparse", "fused" (compiled) or "per-level" (also where the fused kernel fell back)."""
+    from fmaudit.metrics import disagreement
+
+    if device.type == "cpu" and disagreement._SPARSE_ON_CPU:
+        return "sparse"
+    fused = (device.type in disagreement._FUSED_DEVICES
+             and disagreement._compiled.get(device.type) is not None)
+    return "fused" if fused else "per-level"
+
+
+def static_embeddings(members: int, vocab: int, hidden: int, workers: int | None = None) -> float:
     """(e): all pairwise static metrics (+ null) for ``members`` random [vocab, hidden] matrices,
-    through the function the report uses."""
+    through the function the report uses (``workers``: its threads; None: its default)."""
     import torch
 
     from fmaudit.metrics import EmbeddingGeometry, compare_members
@@ -200,7 +218,7 @@ def static_embeddings(members: int, vocab: int, hidden: int) -> float:
     mats = [torch.randn(vocab, hidden, generator=gen) for _ in range(members)]
     t0 = time.perf_counter()
     compare_members([EmbeddingGeometry(m) for m in mats], [1, 3, 5, 10, 20, 50, 100, 1000],
-                    null_generator=gen)
+                    null_generator=gen, workers=workers)
     return time.perf_counter() - t0
 
 
@@ -239,14 +257,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="Peak dense TFLOP/s for MFU (default: known GPUs with --bf16).")
     parser.add_argument("--static-shape", default="4101x768",
                         help="(e): vocabulary x hidden of the static-embedding matrices")
+    parser.add_argument("--static-workers", default="",
+                        help="(e) also with these thread counts, e.g. 1,4,8 (default: only the "
+                             "library's default)")
     parser.add_argument("--train-recipe", default="tiny")
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--profile", type=int, default=0, metavar="BATCHES",
                         help="profile the audit over this many batches (first --samples size) "
                              "and print the operators that take the most time")
-    parser.add_argument("--fused-js", action="store_true",
-                        help="also time (b) with the fused top-p JS kernel (torch.compile)")
+    parser.add_argument("--alt-js", action="store_true",
+                        help="also time (b) through the other top-p JS path: per-level on a "
+                             "GPU (fused kernel by default), the fused kernel on the CPU "
+                             "(sparse path by default)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.samples.split(",")]
@@ -260,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             "size": args.size, "members": args.members, "samples": samples,
             "seq_len": args.seq_len, "batch_size": args.batch_size,
             "fisher_windows": args.fisher_windows, "device": args.device, "bf16": args.bf16,
-            "threads": args.threads, "peak_flops": peak, "fused_js": args.fused_js,
+            "threads": args.threads, "peak_flops": peak, "alt_js": args.alt_js,
             "profile": args.profile if samples == sizes[0] else 0}, queue))
         child.start()
         result = _result_of(child, queue)
@@ -277,11 +300,15 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_fisher_over_backward": [r["d_fisher_s"] / r["c_forward_backward_s"]
                                        for r in runs],
         "peak_rss_growth": runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"] - 1.0,
-        "ratio_audit_fused_js_over_forward": [r["b_audit_fused_js_s"] / r["a_forward_s"]
-                                              for r in runs if "b_audit_fused_js_s" in r],
+        "ratio_audit_alt_js_over_forward": [r["b_audit_alt_js_s"] / r["a_forward_s"]
+                                            for r in runs if "b_audit_alt_js_s" in r],
         "static_shape": [static_vocab, static_hidden],
         "static_embeddings_s": static_embeddings(args.members, static_vocab, static_hidden),
     }
+    if args.static_workers:
+        out["static_embeddings_s_by_workers"] = {
+            int(w): static_embeddings(args.members, static_vocab, static_hidden, int(w))
+            for w in args.static_workers.split(",")}
     if not args.skip_training:
         out["training"] = training(args.train_recipe, args.train_steps, peak)
     if args.json:
@@ -307,16 +334,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['samples']} samples: audit {r['audit_tokens_per_s']:,.0f} tokens/s, Fisher "
               f"{r['fisher_tokens_per_s']:,.0f} tokens/s{mfu}")
     for r in runs:
-        if "b_audit_fused_js_s" in r:
-            print(f"{r['samples']} samples, fused top-p JS kernel"
-                  f"{'' if r['fused_js_compiled'] else ' (NOT compiled: fell back)'}: audit "
-                  f"{r['b_audit_fused_js_s']:.3f} s, b/a "
-                  f"{r['b_audit_fused_js_s'] / r['a_forward_s']:.2f} (compiling: "
-                  f"{r['fused_js_warmup_s']:.1f} s)")
+        if "b_audit_alt_js_s" in r:
+            print(f"{r['samples']} samples, top-p JS {r['alt_js_path']} instead of "
+                  f"{r['js_path']}: audit {r['b_audit_alt_js_s']:.3f} s, b/a "
+                  f"{r['b_audit_alt_js_s'] / r['a_forward_s']:.2f} (warm-up, compiling "
+                  f"included: {r['alt_js_warmup_s']:.1f} s)")
     if "profile" in runs[0]:
         print(f"profile of the audit, {args.profile} batches:\n{runs[0]['profile']}")
     print(f"(e) static-embedding metrics, {args.members} members x {static_vocab} x "
           f"{static_hidden}: {out['static_embeddings_s']:.2f} s")
+    for workers, seconds in out.get("static_embeddings_s_by_workers", {}).items():
+        print(f"    with {workers} worker thread(s): {seconds:.2f} s")
     tr = out.get("training")
     if tr and "error" in tr:
         print(f"(f) training comparison failed: {tr['error']}")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks behind the README's "On a GPU" figures, in one go (about 4 minutes on an H100,
 # 2026-11-26, the first compilation of the fused JS kernel included): the CUDA tests, the bert-90m
-# audit benchmark (also timing the audit with the fused top-p JS kernel, --fused-js, and
-# profiling 8 batches of it into audit_bench.err) and the bert-90m training comparison. Each
+# audit benchmark (also timing the audit with the per-level top-p JS path instead of the fused
+# kernel, --alt-js, and profiling 8 batches of it into audit_bench.err) and the bert-90m training comparison. Each
 # step writes its output into OUT as it finishes, so a step that overruns keeps the earlier ones.
 #
 #   bash benchmarks/gpu_checks.sh OUT [STEPS]     # STEPS: any of cuda,audit,train (default all)
@@ -32,7 +32,7 @@ fi
 if [[ $steps == *audit* ]]; then
   log "audit benchmark, bert-90m"
   timeout 360 "$py" benchmarks/audit_bench.py --size bert-90m --members 5 --samples 256,1024 \
-    --seq-len 512 --batch-size 32 --fisher-windows 64 --bf16 --skip-training --fused-js --profile 8 --json \
+    --seq-len 512 --batch-size 32 --fisher-windows 64 --bf16 --skip-training --alt-js --profile 8 --json \
     > "$out/audit_bench.json" 2> "$out/audit_bench.err"
   log "audit benchmark: exit $?"
 fi

@@ -24,8 +24,8 @@ def test_benchmark_small_form_and_flat_memory():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "audit_bench.py"), "--size", "tiny",
          "--members", "2", "--samples", "16,64", "--seq-len", "64", "--fisher-windows", "8",
-         "--train-steps", "8", "--static-shape", "300x32", "--peak-tflops", "50", "--fused-js",
-         "--profile", "1", "--json"],
+         "--train-steps", "8", "--static-shape", "300x32", "--peak-tflops", "50", "--alt-js",
+         "--profile", "1", "--static-workers", "1,2", "--json"],
         capture_output=True, text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -37,21 +37,46 @@ def test_benchmark_small_form_and_flat_memory():
         assert run["a_forward_s"] > 0 and run["d_fisher_s"] > 0
         # model FLOPs over a 50 TFLOP/s peak: a positive share, far below 1 on two CPU cores
         assert 0 < run["audit_mfu"] < 0.5 and 0 < run["fisher_mfu"] < 0.5
-        # (b) again through the compiled fused top-p JS kernel (inductor's C++ backend here)
-        assert run["fused_js_compiled"] is HAVE_COMPILER and run["b_audit_fused_js_s"] > 0
+        # (b) through the sparse path, and again through the compiled fused top-p JS kernel
+        # (inductor's C++ backend here; per-level where it cannot compile)
+        assert run["js_path"] == "sparse" and run["b_audit_alt_js_s"] > 0
+        assert run["alt_js_path"] == ("fused" if HAVE_COMPILER else "per-level")
     assert out["ratio_fisher_over_backward"] == pytest.approx(
         [r["d_fisher_s"] / r["c_forward_backward_s"] for r in out["runs"]])
     _check_mfu(out["runs"], members=2, seq_len=64, peak=50e12)
     assert "aten::" in small["profile"] and "profile" not in large  # the first size only
-    assert out["ratio_audit_fused_js_over_forward"] == pytest.approx(
-        [r["b_audit_fused_js_s"] / r["a_forward_s"] for r in out["runs"]])
+    assert out["ratio_audit_alt_js_over_forward"] == pytest.approx(
+        [r["b_audit_alt_js_s"] / r["a_forward_s"] for r in out["runs"]])
     assert out["static_embeddings_s"] > 0 and out["static_shape"] == [300, 32]
+    by_workers = out["static_embeddings_s_by_workers"]
+    assert list(by_workers) == ["1", "2"] and min(by_workers.values()) > 0
     training = out["training"]
     assert training["ratio"] == pytest.approx(training["fmaudit_tokens_per_s"]
                                               / training["trainer_tokens_per_s"])
     assert training["corpus"] == "dna" and 0 < training["fmaudit_mfu"] < 0.5
     # the audit never holds [members x positions x vocab]: 4x the windows, < 10% more memory
     assert large["peak_rss_mb"] < 1.10 * small["peak_rss_mb"], out
+
+
+def test_js_benchmark_times_every_path_to_the_same_distances():
+    """benchmarks/js_bench.py: each top-p JS implementation, the same sums (all five paths
+    compute them independently: sparse, per-level entropy form, compiled fused forms)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "js_bench.py"), "--device", "cpu",
+         "--members", "3", "--positions", "40", "--vocab", "300", "--repeats", "2", "--json"],
+        capture_output=True, text=True, timeout=600, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    runs = {r["path"]: r for r in out["runs"]}
+    assert list(runs) == ["sparse", "per-level", "fused", "fused-dynamic", "fused-by-level"]
+    for path, r in runs.items():
+        assert r["positions_per_s"] == pytest.approx(40 / r["seconds"])
+        assert r["compiled"] is (HAVE_COMPILER if path.startswith("fused") else None)
+        assert len(r["js_means"]) == 11 and all(0 < m < 1 for m in r["js_means"])
+        assert r["max_abs_diff_from_first"] < 1e-12, path
+    # truncating to fewer tokens makes members disagree more: the distance falls with top-p
+    means = runs["sparse"]["js_means"]
+    assert means == sorted(means, reverse=True)
 
 
 def _check_mfu(runs: list, members: int, seq_len: int, peak: float) -> None:

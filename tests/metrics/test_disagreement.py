@@ -355,16 +355,19 @@ def five_members() -> list:
     return members
 
 
-def accumulate_fused(members, top_ps, rule, monkeypatch, compiled=False):
-    """The accumulator with the fused path on the CPU; fails unless that path ran."""
+def accumulate_fused(members, top_ps, rule, monkeypatch, compiled=False, rows=None):
+    """The accumulator with the fused path on the CPU; fails unless that path ran.
+    ``rows``: the kernel's row block (default: the library's, more than the test's rows)."""
     monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ("cpu",))
     monkeypatch.setattr(disagreement, "_COMPILE_FUSED", compiled)
     monkeypatch.setattr(disagreement, "_compiled", {})
-    calls = []
+    if rows is not None:
+        monkeypatch.setattr(disagreement, "_FUSED_ROWS", rows)
+    shapes = []
     eager = disagreement._fused_pair_js
 
     def counted(*args):
-        calls.append(1)
+        shapes.append(tuple(tuple(a.shape) for a in args))
         return eager(*args)
 
     if not compiled:
@@ -372,7 +375,10 @@ def accumulate_fused(members, top_ps, rule, monkeypatch, compiled=False):
     acc = accumulate(members, top_ps, rule, False, monkeypatch)
     assert disagreement._compiled["cpu"] is not None, "the fused path fell back"
     if not compiled:
-        assert len(calls) == len(acc.pairs)  # one call per pair, every level in it
+        # one call per pair and row block, every level in it, always the same shapes
+        blocks = -(-members[0].shape[0] // disagreement._FUSED_ROWS)
+        assert len(shapes) == len(acc.pairs) * blocks and len(set(shapes)) == 1
+        assert shapes[0][0] == (disagreement._FUSED_ROWS, members[0].shape[1])
     return acc
 
 
@@ -396,6 +402,34 @@ def test_fused_path_equals_sparse_path(rule, top_ps, monkeypatch):
     fused = accumulate_fused(members, top_ps, rule, monkeypatch)
     assert_means_close(fused, sparse)
     assert fused.pair_means()["js_distance"][fused.pairs.index((0, 3))] == [0.0] * len(top_ps)
+
+
+@pytest.mark.parametrize("rows", [16, 20, 40])
+def test_fused_path_in_row_blocks_pads_with_rows_that_add_nothing(rows, monkeypatch):
+    """40 positions in blocks of 16 (the last padded with 8 rows), 20 (none padded) or 40:
+    the kernel always sees one shape, and the sums are the sparse path's."""
+    members = five_members()
+    top_ps = [0.05, 0.3, 0.9, 1.0]
+    sparse = accumulate(members, top_ps, "nucleus", True, monkeypatch)
+    fused = accumulate_fused(members, top_ps, "nucleus", monkeypatch, rows=rows)
+    assert_means_close(fused, sparse)
+    assert fused.sums()[0] == 40  # padding rows are not positions
+
+
+def test_row_blocks_padding_is_all_zero_rows():
+    logits = tricky_logits(5, 9, seed=2)
+    table = disagreement._level_table([0.2, 1.0], logits.device)
+    member = disagreement._device_levels(disagreement._Chunk(logits).probs, table, "nucleus")
+    blocks = disagreement._row_blocks(member, 4)
+    assert [b.probs.shape[0] for b in blocks] == [4, 4]
+    assert torch.equal(torch.cat([b.probs for b in blocks])[:5], member.probs)
+    pad = blocks[1]
+    assert torch.equal(pad.probs[1:], torch.zeros(3, 9, dtype=torch.float64))
+    assert torch.equal(pad.mass[1:], torch.ones(3, 2, dtype=torch.float64))
+    assert pad.entry.dtype == torch.uint8 and not pad.entry[1:].any()
+    # two padded rows against each other: exactly 0 at every level
+    zero = disagreement._DeviceLevels(pad.probs[1:], pad.entry[1:], pad.mass[1:])
+    assert disagreement._fused_pair_js(*zero, *zero, table.place).tolist() == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("rule", ["nucleus", "paper"])

@@ -358,6 +358,12 @@ def test_summarize_static_shapes_and_nulls(pair):
     assert single["topk_overlap"][0]["mean"] is None
 
 
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 1), (2, 2), (4, 2), (8, 4), (16, 8), (64, 8)])
+def test_default_workers_are_half_the_cores_from_2_to_8(cpus, workers):
+    geos = [emb.EmbeddingGeometry(torch.randn(6, 3)) for _ in range(2)]
+    assert emb._default_workers(geos, cpus) == workers
+
+
 @pytest.mark.parametrize("workers", [1, 3])
 def test_compare_members_equals_one_comparison_at_a_time(workers):
     mats = [randn(40, 5, seed=20 + m) for m in range(4)]

@@ -5,20 +5,23 @@ their top-p-truncated predictive distributions, and whether their top-1 predicti
 All arithmetic is float64. :class:`DisagreementAccumulator` keeps only sums, so its memory does
 not depend on the number of positions, and merges across processes like every accumulator.
 
-Two implementations of the same formulas feed the accumulator:
+Three implementations of the same formulas feed the accumulator:
 
-* dense (accelerators, and the one-shot functions): every member truncated at every level as a
-  full ``[N, V]`` tensor, every pair and level a few passes over ``[N, V]``; on an accelerator
-  the pair's divergence is the exact ratio form for every row (:func:`_js_divergence_ratio_bits`),
-  so nothing waits for the host.
+* dense (accelerators other than CUDA, CUDA where the fused kernel cannot compile, and the
+  one-shot functions): every member truncated at every level as a full ``[N, V]`` tensor,
+  every pair and level a few passes over ``[N, V]``; on an accelerator the pair's divergence
+  is the exact ratio form for every row (:func:`_js_divergence_ratio_bits`), so nothing waits
+  for the host.
 * sparse (CPU): a member's truncation at all levels is one sort of the probability VALUES and
   a per-row threshold per level (``entry[v]`` = the first level that keeps token v); a pair's
   JS divergence at level c needs logarithms only on the tokens BOTH members keep there
   (:func:`_pair_js_bits_sparse`): for unrelated members about ``sum_c p_c^2`` of the
   vocabulary, at most ``sum_c p_c``, instead of all of it at every level.
-* fused (opt-in on CUDA, ``_FUSED_DEVICES``): the dense arithmetic with every level of a pair in
-  one ``torch.compile`` kernel (:func:`_fused_pair_js`) that reads each member's row and a
-  uint8 entry level once, instead of ~9 passes per level and pair.
+* fused (CUDA, ``_FUSED_DEVICES``): the dense arithmetic with every level of a pair in one
+  ``torch.compile`` kernel (:func:`_fused_pair_js`) that reads each member's row and a uint8
+  entry level once, instead of ~9 passes per level and pair; fed fixed-size row blocks
+  (:func:`_row_blocks`), so it is compiled once per vocabulary. Where it cannot compile, the
+  dense path runs (with a warning).
 
 Tests run them on the same data and require equal sums (``tests/metrics``).
 """
@@ -32,6 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fmaudit.metrics.base import EmptyAccumulatorError, SumAccumulator
 from fmaudit.metrics.prediction import NonFiniteLogitsError, _check_logits_2d, _Chunk
@@ -355,6 +359,24 @@ def _device_levels(probs: torch.Tensor, levels: _LevelTable, rule: str) -> _Devi
     return _DeviceLevels(probs, entry.to(torch.uint8), s.mass.gather(1, counts - 1))
 
 
+def _row_blocks(member: _DeviceLevels, rows: int) -> list[_DeviceLevels]:
+    """``member`` cut into blocks of exactly ``rows`` rows, so the compiled kernel sees one
+    shape per vocabulary (compiled for dynamic shapes it ran 4.6x slower on an H100). The last
+    block is padded with rows that add exactly 0 to every sum of :func:`_fused_pair_js`:
+    probabilities 0 and masses 1 truncate to all-zero rows, whose divergence terms are
+    ``xlogy(0, 0) = 0``."""
+    blocks = []
+    for start in range(0, member.probs.shape[0], rows):
+        block = _DeviceLevels(*(t[start : start + rows] for t in member))
+        short = rows - block.probs.shape[0]
+        if short:
+            block = _DeviceLevels(F.pad(block.probs, (0, 0, 0, short)),
+                                  F.pad(block.entry, (0, 0, 0, short)),
+                                  F.pad(block.mass, (0, 0, 0, short), value=1.0))
+        blocks.append(block)
+    return blocks
+
+
 def _fused_pair_js(
     p: torch.Tensor,
     entry_p: torch.Tensor,
@@ -385,12 +407,15 @@ def _fused_pair_js(
     return jsd.clamp(0.0, 1.0).sqrt().sum(dim=0)
 
 
-# Device types that take the fused path, through torch.compile (Triton on CUDA). Empty: on an
-# H100 (bert-90m, 2026-11-26) the audit took 1.5x as long with it as with the per-level path
-# (`benchmarks/audit_bench.py --fused-js` times both); on the CPU the sparse path is ~4x faster
-# than either dense form. Tests add "cpu"
-# (inductor's C++ backend) and may switch compilation off to run the same function eagerly.
-_FUSED_DEVICES: tuple[str, ...] = ()
+# Device types that take the fused path, through torch.compile (Triton on CUDA). On an H100
+# (bert-90m, 5 members, 2026-11-26) the whole audit took 0.57x the time of the per-level path
+# (`benchmarks/audit_bench.py --alt-js` times both); on the CPU the sparse path is ~4x faster
+# than either dense form. Tests add "cpu" (inductor's C++ backend) and may switch compilation
+# off to run the same function eagerly.
+_FUSED_DEVICES: tuple[str, ...] = ("cuda",)
+# Rows per call of the compiled kernel (see _row_blocks): 512 x 4101 float64 is 16 MiB a row
+# block, enough work per launch, and pads at most 511 rows per chunk.
+_FUSED_ROWS = 512
 _COMPILE_FUSED = True
 _compiled: dict[str, object] = {}  # device type -> the function to call, or None: unavailable
 
@@ -409,7 +434,7 @@ def _try_compile(device_type: str):
     """Compile :func:`_fused_pair_js` and check it on a small input against the eager
     function (so a broken toolchain shows here, once, not as wrong sums)."""
     try:
-        fn = torch.compile(_fused_pair_js, dynamic=True)
+        fn = torch.compile(_fused_pair_js, dynamic=False)  # one shape: see _row_blocks
         gen = torch.Generator().manual_seed(0)
         probs = torch.rand(3, 7, generator=gen, dtype=torch.float64).to(device_type)
         table = _level_table([0.5, 1.0], probs.device)
@@ -726,11 +751,14 @@ class DisagreementAccumulator(SumAccumulator):
         _, js, _, _ = self._views(batch)
         device = chunks[0].probs.device
         fused = _compiled_pair_js(device.type) if len(self.top_ps) < 255 else None  # uint8
-        if fused is not None:  # one sort per member, then one compiled pass per pair
+        if fused is not None:  # one sort per member, then one compiled pass per pair and block
             table = self._level_table_on(device)
-            members = [_device_levels(c.probs, table, self.rule) for c in chunks]
+            members = [_row_blocks(_device_levels(c.probs, table, self.rule), _FUSED_ROWS)
+                       for c in chunks]
             try:  # a recompilation (new shape) can still fail: then this chunk goes unfused
-                sums = [fused(*members[i], *members[j], table.place) for i, j in self.pairs]
+                sums = [sum(fused(*a, *b, table.place)
+                            for a, b in zip(members[i], members[j], strict=True))
+                        for i, j in self.pairs]
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:
