@@ -361,6 +361,7 @@ def accumulate_fused(members, top_ps, rule, monkeypatch, compiled=False, rows=No
     monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ("cpu",))
     monkeypatch.setattr(disagreement, "_COMPILE_FUSED", compiled)
     monkeypatch.setattr(disagreement, "_compiled", {})
+    monkeypatch.setattr(disagreement, "_fused_shapes", {})
     if rows is not None:
         monkeypatch.setattr(disagreement, "_FUSED_ROWS", rows)
     shapes = []
@@ -376,9 +377,12 @@ def accumulate_fused(members, top_ps, rule, monkeypatch, compiled=False, rows=No
     assert disagreement._compiled["cpu"] is not None, "the fused path fell back"
     if not compiled:
         # one call per pair and row block, every level in it, always the same shapes
-        blocks = -(-members[0].shape[0] // disagreement._FUSED_ROWS)
+        n, vocab = members[0].shape
+        step = disagreement._chunk_rows(torch.device("cpu"), vocab)
+        block = min(disagreement._FUSED_ROWS, step)
+        blocks = sum(-(-min(step, n - start) // block) for start in range(0, n, step))
         assert len(shapes) == len(acc.pairs) * blocks and len(set(shapes)) == 1
-        assert shapes[0][0] == (disagreement._FUSED_ROWS, members[0].shape[1])
+        assert shapes[0][0] == (block, vocab)
     return acc
 
 
@@ -414,6 +418,33 @@ def test_fused_path_in_row_blocks_pads_with_rows_that_add_nothing(rows, monkeypa
     fused = accumulate_fused(members, top_ps, "nucleus", monkeypatch, rows=rows)
     assert_means_close(fused, sparse)
     assert fused.sums()[0] == 40  # padding rows are not positions
+
+
+def test_fused_blocks_are_whole_chunks_when_the_vocabulary_is_large(monkeypatch):
+    """A chunk of 16 rows (as a vocabulary of 262k tokens gives on a GPU) is one block of 16,
+    not a block of 512 mostly padding; 40 positions: blocks 16, 16 and 8 + 8 padding."""
+    monkeypatch.setattr(disagreement, "_CHUNK_ELEMENTS", 16 * 23)
+    members = five_members()
+    sparse = accumulate(members, [0.3, 1.0], "nucleus", True, monkeypatch)
+    fused = accumulate_fused(members, [0.3, 1.0], "nucleus", monkeypatch)
+    assert_means_close(fused, sparse)
+
+
+def test_fused_kernel_takes_a_bounded_number_of_shapes(monkeypatch):
+    """Past _MAX_FUSED_SHAPES shapes (torch.compile would run the function eagerly after its
+    recompile limit), a new vocabulary takes the per-level path, with the same sums."""
+    monkeypatch.setattr(disagreement, "_MAX_FUSED_SHAPES", 1)
+    accumulate_fused(five_members(), [0.3, 1.0], "nucleus", monkeypatch)  # vocabulary 23
+    calls = []
+    kernel = disagreement._compiled["cpu"]  # what the accumulator calls
+    monkeypatch.setitem(disagreement._compiled, "cpu", lambda *a: calls.append(1) or kernel(*a))
+    other = [tricky_logits(40, 30, seed) for seed in (5, 6, 7)]
+    per_level = accumulate(other, [0.3, 1.0], "nucleus", False, monkeypatch)
+    assert calls == []
+    assert disagreement._fused_shapes == {"cpu": {(512, 23, 2)}}
+    assert_means_close(per_level, accumulate(other, [0.3, 1.0], "nucleus", True, monkeypatch))
+    again = accumulate(five_members(), [0.3, 1.0], "nucleus", False, monkeypatch)
+    assert len(calls) == len(again.pairs)  # the shape it has keeps the kernel
 
 
 def test_row_blocks_padding_is_all_zero_rows():

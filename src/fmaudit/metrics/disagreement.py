@@ -416,8 +416,30 @@ _FUSED_DEVICES: tuple[str, ...] = ("cuda",)
 # Rows per call of the compiled kernel (see _row_blocks): 512 x 4101 float64 is 16 MiB a row
 # block, enough work per launch, and pads at most 511 rows per chunk.
 _FUSED_ROWS = 512
+# Shapes (row block, vocabulary, levels) the kernel is compiled for, per process. Each is a
+# compilation; past torch.compile's recompile limit (8 per function) it would run the function
+# eagerly, with [rows, levels, vocabulary] temporaries, so further shapes take the per-level
+# path instead.
+_MAX_FUSED_SHAPES = 6
+_fused_shapes: dict[str, set[tuple[int, int, int]]] = {}
 _COMPILE_FUSED = True
 _compiled: dict[str, object] = {}  # device type -> the function to call, or None: unavailable
+
+
+def _chunk_rows(device: torch.device, vocab: int) -> int:
+    """Rows per chunk of :meth:`DisagreementAccumulator.update` for this vocabulary."""
+    elements = _CHUNK_ELEMENTS if device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
+    return max(1, elements // vocab)
+
+
+def _fused_shape_allowed(device_type: str, rows: int, vocab: int, levels: int) -> bool:
+    """Whether the fused kernel may take this shape (see ``_MAX_FUSED_SHAPES``); records it."""
+    shapes = _fused_shapes.setdefault(device_type, set())
+    shape = (rows, vocab, levels)
+    if shape not in shapes and len(shapes) >= _MAX_FUSED_SHAPES:
+        return False
+    shapes.add(shape)
+    return True
 
 
 def _compiled_pair_js(device_type: str):
@@ -720,7 +742,7 @@ class DisagreementAccumulator(SumAccumulator):
         n, vocab = logits[0].shape
         on_cpu = device.type == "cpu"
         batch = torch.zeros(self._sums.shape, dtype=torch.float64, device=device)
-        step = max(1, (_CHUNK_ELEMENTS if on_cpu else _CHUNK_ELEMENTS_ACCELERATOR) // vocab)
+        step = _chunk_rows(device, vocab)
         for start in range(0, n, step):
             chunks = [_Chunk(t[start : start + step]) for t in logits]
             for chunk, full in zip(chunks, logits, strict=True):
@@ -750,10 +772,16 @@ class DisagreementAccumulator(SumAccumulator):
             return
         _, js, _, _ = self._views(batch)
         device = chunks[0].probs.device
+        vocab = chunks[0].probs.shape[1]
+        # with a large vocabulary a whole chunk has fewer rows than _FUSED_ROWS: one block
+        rows = min(_FUSED_ROWS, _chunk_rows(device, vocab))
         fused = _compiled_pair_js(device.type) if len(self.top_ps) < 255 else None  # uint8
+        if fused is not None and not _fused_shape_allowed(device.type, rows, vocab,
+                                                          len(self.top_ps)):
+            fused = None
         if fused is not None:  # one sort per member, then one compiled pass per pair and block
             table = self._level_table_on(device)
-            members = [_row_blocks(_device_levels(c.probs, table, self.rule), _FUSED_ROWS)
+            members = [_row_blocks(_device_levels(c.probs, table, self.rule), rows)
                        for c in chunks]
             try:  # a recompilation (new shape) can still fail: then this chunk goes unfused
                 sums = [sum(fused(*a, *b, table.place)
