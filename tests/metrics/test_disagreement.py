@@ -14,6 +14,7 @@ import scipy.special
 from scipy.spatial.distance import jensenshannon
 
 import fmaudit.metrics.disagreement as disagreement
+import fmaudit.metrics.prediction as prediction
 from fmaudit.metrics import (
     DisagreementAccumulator,
     EmptyAccumulatorError,
@@ -216,7 +217,7 @@ def test_streaming_chunks_merge_and_internal_chunking_equal_one_shot(monkeypatch
     first.update([m[:17] for m in members])
     second.update([m[17:] for m in members])
     first.merge(second)
-    monkeypatch.setattr(disagreement, "_CHUNK_ELEMENTS", 16 * 3)  # 3 positions per chunk
+    monkeypatch.setattr(prediction, "_CHUNK_ELEMENTS", 16 * 3)  # 3 positions per chunk
     chunked = DisagreementAccumulator(3, top_ps)
     chunked.update(members)
     size = whole.sums().numel()
@@ -378,7 +379,7 @@ def accumulate_fused(members, top_ps, rule, monkeypatch, compiled=False, rows=No
     if not compiled:
         # one call per pair and row block, every level in it, always the same shapes
         n, vocab = members[0].shape
-        step = disagreement._chunk_rows(torch.device("cpu"), vocab)
+        step = prediction._chunk_rows(members[0])
         block = min(disagreement._FUSED_ROWS, step)
         blocks = sum(-(-min(step, n - start) // block) for start in range(0, n, step))
         assert len(shapes) == len(acc.pairs) * blocks and len(set(shapes)) == 1
@@ -423,7 +424,7 @@ def test_fused_path_in_row_blocks_pads_with_rows_that_add_nothing(rows, monkeypa
 def test_fused_blocks_are_whole_chunks_when_the_vocabulary_is_large(monkeypatch):
     """A chunk of 16 rows (as a vocabulary of 262k tokens gives on a GPU) is one block of 16,
     not a block of 512 mostly padding; 40 positions: blocks 16, 16 and 8 + 8 padding."""
-    monkeypatch.setattr(disagreement, "_CHUNK_ELEMENTS", 16 * 23)
+    monkeypatch.setattr(prediction, "_CHUNK_ELEMENTS", 16 * 23)
     members = five_members()
     sparse = accumulate(members, [0.3, 1.0], "nucleus", True, monkeypatch)
     fused = accumulate_fused(members, [0.3, 1.0], "nucleus", monkeypatch)

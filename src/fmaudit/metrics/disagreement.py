@@ -38,7 +38,12 @@ import torch
 import torch.nn.functional as F
 
 from fmaudit.metrics.base import EmptyAccumulatorError, SumAccumulator
-from fmaudit.metrics.prediction import NonFiniteLogitsError, _check_logits_2d, _Chunk
+from fmaudit.metrics.prediction import (
+    NonFiniteLogitsError,
+    _check_logits_2d,
+    _Chunk,
+    _chunk_rows,
+)
 from fmaudit.metrics.stats import mean_std_pairs, pair_indices
 
 __all__ = [
@@ -54,12 +59,6 @@ LN2 = math.log(2.0)
 
 # Divergences (bits) below this are recomputed from probability ratios (see _js_divergence_bits).
 _EXACT_BELOW = 1e-7
-
-# Positions per internal chunk. On CPU one [chunk, V] float64 tensor stays ~1 MiB, so the many
-# temporaries stay in cache and are recycled by the allocator instead of being fresh
-# (page-faulting) mappings; on an accelerator larger chunks mean fewer kernel launches.
-_CHUNK_ELEMENTS = 1 << 17
-_CHUNK_ELEMENTS_ACCELERATOR = 1 << 22
 
 # The accumulator uses the sparse path for CPU tensors (tests switch it off to compare paths).
 _SPARSE_ON_CPU = True
@@ -426,12 +425,6 @@ _COMPILE_FUSED = True
 _compiled: dict[str, object] = {}  # device type -> the function to call, or None: unavailable
 
 
-def _chunk_rows(device: torch.device, vocab: int) -> int:
-    """Rows per chunk of :meth:`DisagreementAccumulator.update` for this vocabulary."""
-    elements = _CHUNK_ELEMENTS if device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
-    return max(1, elements // vocab)
-
-
 def _fused_shape_allowed(device_type: str, rows: int, vocab: int, levels: int) -> bool:
     """Whether the fused kernel may take this shape (see ``_MAX_FUSED_SHAPES``); records it."""
     shapes = _fused_shapes.setdefault(device_type, set())
@@ -739,10 +732,10 @@ class DisagreementAccumulator(SumAccumulator):
         logits = [_check_logits_2d(t) for t in member_logits]
         device = logits[0].device
         logits = [t.to(device) for t in logits]
-        n, vocab = logits[0].shape
+        n = logits[0].shape[0]
         on_cpu = device.type == "cpu"
         batch = torch.zeros(self._sums.shape, dtype=torch.float64, device=device)
-        step = _chunk_rows(device, vocab)
+        step = _chunk_rows(logits[0])  # as PredictionAccumulator's
         for start in range(0, n, step):
             chunks = [_Chunk(t[start : start + step]) for t in logits]
             for chunk, full in zip(chunks, logits, strict=True):
@@ -774,7 +767,7 @@ class DisagreementAccumulator(SumAccumulator):
         device = chunks[0].probs.device
         vocab = chunks[0].probs.shape[1]
         # with a large vocabulary a whole chunk has fewer rows than _FUSED_ROWS: one block
-        rows = min(_FUSED_ROWS, _chunk_rows(device, vocab))
+        rows = min(_FUSED_ROWS, _chunk_rows(chunks[0].probs))
         fused = _compiled_pair_js(device.type) if len(self.top_ps) < 255 else None  # uint8
         if fused is not None and not _fused_shape_allowed(device.type, rows, vocab,
                                                           len(self.top_ps)):
