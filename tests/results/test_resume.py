@@ -18,7 +18,7 @@ import torch
 import fmaudit.passes.fisher as fisher_pass
 from fmaudit.metrics import DisagreementAccumulator
 from fmaudit.passes.eval_data import batches
-from fmaudit.passes.resume import STATE_DIR, Cadence, ResumeStore, clear_state
+from fmaudit.passes.resume import STATE_DIR, Cadence, ResumeStore, clear_audit_state
 from fmaudit.tokenizer import build_tokenizer
 from tests.cliutil import child_env, one_error_line, run_main
 from tests.tinymodels import random_dna, save_family
@@ -278,7 +278,7 @@ def test_clear_state_removes_every_process_state(tmp_path):
     for rank in (0, 1):
         ResumeStore(folder, {}, rank, 2, 1.0).save("predictions", 1, {"t": torch.zeros(2)})
     (folder / ".left-by-a-kill.tmp").write_text("")
-    clear_state(tmp_path)
+    clear_audit_state(tmp_path)
     assert not folder.exists()
 
 

@@ -245,7 +245,7 @@ def write_report(report_data: dict, out: Path) -> None:
     import tempfile
 
     from fmaudit.io import atomic_write_json, interrupts_deferred, replace_path
-    from fmaudit.passes.resume import clear_state
+    from fmaudit.passes.resume import clear_audit_state
     from fmaudit.report import render_report
     from fmaudit.report.render import check_targets
 
@@ -264,7 +264,7 @@ def write_report(report_data: dict, out: Path) -> None:
                     if item.name != "report.json":
                         replace_path(item, out / item.name)
                 replace_path(staging / "report.json", out / "report.json")
-        clear_state(out)  # the audit is written: its passes need no resume state any more
+        clear_audit_state(out)  # the audit is written: its passes need no resume state any more
     except OSError as exc:
         raise FmauditError(f"--out {out}: cannot write the report "
                            f"({exc.strerror or type(exc).__name__})") from None

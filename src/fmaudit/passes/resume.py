@@ -168,7 +168,7 @@ def on_any_process(flag: bool) -> bool:
     return _processes_with(flag)[0] > 0
 
 
-def clear_state(out: Path) -> None:
+def clear_audit_state(out: Path) -> None:
     """Remove the resume state under the output folder ``out`` (every process's)."""
     shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)
 

@@ -407,7 +407,7 @@ def _train_one(accelerator: Any, data: PreparedData, identity: dict[str, Any], o
                seed: int, vary: str | None, stop_after: int | None) -> dict[str, Any]:
     from fmaudit.models.build import build_model
     from fmaudit.training.loop import train_member
-    from fmaudit.training.resume import clear_state
+    from fmaudit.training.resume import clear_training_state
 
     member = mf.member_dir(out, seed)
     work = mf.work_dir(out, seed)
@@ -424,7 +424,7 @@ def _train_one(accelerator: Any, data: PreparedData, identity: dict[str, Any], o
                                "to retrain this member, or pass --overwrite to retrain all)")
         _ensure_init(accelerator, recipe, data.tokenizer, out, seed)
         if accelerator.is_main_process:
-            clear_state(work)  # a kill between the final move and this cleanup leaves it
+            clear_training_state(work)  # a kill between the final move and this cleanup leaves it
             _remove_if_empty(out / mf.WORK)
             progress.info(f"seed{seed}: already trained, skipped ({member})")
         return {**mf.read_manifest(member), "path": str(member), "status": "skipped"}
@@ -461,7 +461,7 @@ def _train_one(accelerator: Any, data: PreparedData, identity: dict[str, Any], o
             _save_tokenizer(data.tokenizer, tmp)
             atomic_write_text(tmp / "recipe.toml", recipe.to_toml())
             atomic_write_json(tmp / mf.MANIFEST, manifest)  # last: marks the member complete
-        clear_state(work)
+        clear_training_state(work)
         _remove_if_empty(out / mf.WORK)
         _write_card(out, identity)
     accelerator.wait_for_everyone()

@@ -97,7 +97,7 @@ def load_state(work_dir: Path, *, seed: int, data_seed: int, recipe_fingerprint:
     return progress, tensors
 
 
-def clear_state(work_dir: Path) -> None:
+def clear_training_state(work_dir: Path) -> None:
     """Remove a member's work folder (after its final checkpoint is in place)."""
     if work_dir.exists():
         shutil.rmtree(work_dir, ignore_errors=True)
