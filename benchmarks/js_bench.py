@@ -8,7 +8,8 @@ One ``DisagreementAccumulator.update`` of ``--positions`` x ``--vocab`` logits p
                     (the accelerator default)
   fused             the pair's 11 levels in one ``torch.compile`` kernel (``_FUSED_DEVICES``),
                     as the library compiles it: for one shape, fed blocks of ``_FUSED_ROWS``
-  fused-dynamic     the same function compiled for dynamic shapes (4.6x slower on an H100)
+  fused-dynamic     the same function compiled for dynamic shapes (on an H100, for a whole
+                    batch: 4.6x as long as compiled for its exact shape)
   fused-by-level    the same function compiled for one level, called once per level
 
 It prints seconds per update (median of ``--repeats``, after a warm-up that includes

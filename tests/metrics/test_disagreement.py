@@ -7,6 +7,7 @@ import itertools
 import math
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -348,7 +349,11 @@ def test_ratio_form_equals_scipy(case):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9, atol=1e-15)
 
 
-# -- the fused path (opt-in on CUDA), run on the CPU ---------------------------------------
+# -- the fused path (the CUDA default), run on the CPU --------------------------------------
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                                    reason="torch.compile on the CPU needs a C++ compiler")
+
+
 def five_members() -> list:
     members = [tricky_logits(40, 23, seed) for seed in (1, 2, 3)]
     members.append(members[0].clone())  # identical to member 0
@@ -357,33 +362,38 @@ def five_members() -> list:
 
 
 def accumulate_fused(members, top_ps, rule, monkeypatch, compiled=False, rows=None):
-    """The accumulator with the fused path on the CPU; fails unless that path ran.
-    ``rows``: the kernel's row block (default: the library's, more than the test's rows)."""
+    """The accumulator with the fused path on the CPU; fails unless the kernel (compiled by
+    torch.compile when ``compiled``, else the eager function) summed every pair and row block.
+    ``rows``: the most rows per block (default: the library's, more than the test's rows)."""
     monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ("cpu",))
     monkeypatch.setattr(disagreement, "_COMPILE_FUSED", compiled)
     monkeypatch.setattr(disagreement, "_compiled", {})
-    monkeypatch.setattr(disagreement, "_fused_shapes", {})
+    monkeypatch.setattr(disagreement, "_limit_warned", set())
     if rows is not None:
         monkeypatch.setattr(disagreement, "_FUSED_ROWS", rows)
+    if compiled:
+        torch._dynamo.reset()  # a fresh recompile budget: other tests compiled it too
+    kernel = disagreement._compiled_pair_js("cpu")  # compiled and checked here
+    assert kernel is not None, "the fused path fell back"
+    if compiled:  # torch.compile's wrapper, not the eager function
+        assert kernel._torchdynamo_orig_callable is disagreement._fused_pair_js
     shapes = []
-    eager = disagreement._fused_pair_js
 
     def counted(*args):
+        out = kernel(*args)
         shapes.append(tuple(tuple(a.shape) for a in args))
-        return eager(*args)
+        return out
 
-    if not compiled:
-        monkeypatch.setattr(disagreement, "_fused_pair_js", counted)
+    monkeypatch.setitem(disagreement._compiled, "cpu", counted)
     acc = accumulate(members, top_ps, rule, False, monkeypatch)
-    assert disagreement._compiled["cpu"] is not None, "the fused path fell back"
-    if not compiled:
-        # one call per pair and row block, every level in it, always the same shapes
-        n, vocab = members[0].shape
-        step = prediction._chunk_rows(members[0])
-        block = min(disagreement._FUSED_ROWS, step)
-        blocks = sum(-(-min(step, n - start) // block) for start in range(0, n, step))
-        assert len(shapes) == len(acc.pairs) * blocks and len(set(shapes)) == 1
-        assert shapes[0][0] == (block, vocab)
+    assert disagreement._compiled["cpu"] is counted, "the fused path fell back"
+    # one call per pair and row block, every level in it, always the same shapes
+    n, vocab = members[0].shape
+    step = prediction._chunk_rows(members[0])
+    block = disagreement._block_rows(step)
+    blocks = sum(-(-min(step, n - start) // block) for start in range(0, n, step))
+    assert len(shapes) == len(acc.pairs) * blocks and len(set(shapes)) == 1
+    assert shapes[0][0] == (block, vocab)
     return acc
 
 
@@ -424,6 +434,7 @@ def test_fused_path_in_row_blocks_pads_with_rows_that_add_nothing(rows, monkeypa
 def test_fused_blocks_are_whole_chunks_when_the_vocabulary_is_large(monkeypatch):
     """A chunk of 16 rows (as a vocabulary of 262k tokens gives on a GPU) is one block of 16,
     not a block of 512 mostly padding; 40 positions: blocks 16, 16 and 8 + 8 padding."""
+    assert disagreement._block_rows(16) == 16
     monkeypatch.setattr(prediction, "_CHUNK_ELEMENTS", 16 * 23)
     members = five_members()
     sparse = accumulate(members, [0.3, 1.0], "nucleus", True, monkeypatch)
@@ -431,21 +442,43 @@ def test_fused_blocks_are_whole_chunks_when_the_vocabulary_is_large(monkeypatch)
     assert_means_close(fused, sparse)
 
 
-def test_fused_kernel_takes_a_bounded_number_of_shapes(monkeypatch):
-    """Past _MAX_FUSED_SHAPES shapes (torch.compile would run the function eagerly after its
-    recompile limit), a new vocabulary takes the per-level path, with the same sums."""
-    monkeypatch.setattr(disagreement, "_MAX_FUSED_SHAPES", 1)
-    accumulate_fused(five_members(), [0.3, 1.0], "nucleus", monkeypatch)  # vocabulary 23
-    calls = []
-    kernel = disagreement._compiled["cpu"]  # what the accumulator calls
-    monkeypatch.setitem(disagreement._compiled, "cpu", lambda *a: calls.append(1) or kernel(*a))
-    other = [tricky_logits(40, 30, seed) for seed in (5, 6, 7)]
-    per_level = accumulate(other, [0.3, 1.0], "nucleus", False, monkeypatch)
-    assert calls == []
-    assert disagreement._fused_shapes == {"cpu": {(512, 23, 2)}}
-    assert_means_close(per_level, accumulate(other, [0.3, 1.0], "nucleus", True, monkeypatch))
-    again = accumulate(five_members(), [0.3, 1.0], "nucleus", False, monkeypatch)
-    assert len(calls) == len(again.pairs)  # the shape it has keeps the kernel
+@needs_compiler
+def test_fused_kernel_past_the_recompile_limit_takes_the_per_level_path(monkeypatch):
+    """torch.compile runs a function eagerly once it has been compiled recompile_limit times
+    (for the fused kernel: [rows, levels, V] temporaries); compiled with fullgraph, a new
+    shape raises instead, and that shape takes the per-level path, with a warning, while the
+    shapes compiled before keep the kernel."""
+    with torch._dynamo.config.patch(recompile_limit=2):  # the check + one shape
+        first = accumulate_fused(five_members(), [0.3, 1.0], "nucleus", monkeypatch,
+                                 compiled=True)
+        kernel, summed = disagreement._compiled["cpu"], []
+
+        def counted(*args):
+            out = kernel(*args)
+            summed.append(1)
+            return out
+
+        monkeypatch.setitem(disagreement._compiled, "cpu", counted)
+        other = [tricky_logits(40, 30, seed) for seed in (5, 6, 7)]  # vocabulary 30: new shape
+        with pytest.warns(RuntimeWarning, match="reached torch.compile's recompile limit"):
+            per_level = accumulate(other, [0.3, 1.0], "nucleus", False, monkeypatch)
+        assert summed == [] and disagreement._compiled["cpu"] is counted
+        expected = accumulate(other, [0.3, 1.0], "nucleus", True, monkeypatch)
+        assert_means_close(per_level, expected)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once
+            accumulate(other, [0.3, 1.0], "nucleus", False, monkeypatch)
+            again = accumulate(five_members(), [0.3, 1.0], "nucleus", False, monkeypatch)
+        assert len(summed) == len(again.pairs) and torch.equal(again.sums(), first.sums())
+    torch._dynamo.reset()  # the next compiling test starts with a fresh budget
+
+
+@pytest.mark.parametrize(("chunk", "block"), [(1, 1), (512, 512), (513, 257), (699, 350),
+                                              (1022, 511), (1024, 512), (1025, 342)])
+def test_block_rows_split_a_full_chunk_evenly(chunk, block):
+    assert disagreement._block_rows(chunk) == block
+    blocks = -(-chunk // block)
+    assert block <= disagreement._FUSED_ROWS and blocks * block - chunk < blocks
 
 
 def test_row_blocks_padding_is_all_zero_rows():
@@ -481,8 +514,7 @@ def test_device_levels_reproduce_dense_truncation(rule):
         torch.testing.assert_close(ours, expected, rtol=1e-13, atol=0)
 
 
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
-                    reason="torch.compile on the CPU needs a C++ compiler")
+@needs_compiler
 def test_compiled_fused_kernel_equals_eager(monkeypatch):
     """The kernel torch.compile makes of the fused function (inductor's C++ backend here,
     Triton on a GPU) sums the same as the eager function."""

@@ -359,9 +359,13 @@ def test_summarize_static_shapes_and_nulls(pair):
 
 
 @pytest.mark.parametrize(("cpus", "workers"), [(1, 1), (2, 2), (4, 2), (8, 4), (16, 8), (64, 8)])
-def test_default_workers_are_half_the_cores_from_2_to_8(cpus, workers):
+def test_default_workers_are_half_the_cores_from_2_to_8(cpus, workers, monkeypatch):
     geos = [emb.EmbeddingGeometry(torch.randn(6, 3)) for _ in range(2)]
     assert emb._default_workers(geos, cpus) == workers
+    # the cores the process may use (taskset, SLURM), not the machine's
+    monkeypatch.setattr(emb.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(emb.os, "cpu_count", lambda: 128)
+    assert emb._default_workers(geos) == workers
 
 
 @pytest.mark.parametrize("workers", [1, 3])

@@ -152,6 +152,8 @@ def test_prediction_pass_adds_no_sync_per_batch(fused, monkeypatch):
     from fmaudit.tokenizer import build_tokenizer
 
     monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ("cuda",) if fused else ())
+    monkeypatch.setattr(disagreement, "_compiled", {})
+    torch._dynamo.reset()  # a fresh recompile budget
     tok = build_tokenizer("kmer:3")
     device = torch.device("cuda")
     models = [tiny_model("bert", len(tok), s, tok=tok).to(device) for s in range(3)]
@@ -238,9 +240,17 @@ def test_fused_js_on_cuda_equals_the_cpu_sparse_path(monkeypatch):
     cpu = DisagreementAccumulator(len(members), top_ps)
     cpu.update(members)
     monkeypatch.setattr(disagreement, "_FUSED_DEVICES", ("cuda",))
+    monkeypatch.setattr(disagreement, "_compiled", {})
+    torch._dynamo.reset()  # a fresh recompile budget
+    kernel = disagreement._compiled_pair_js("cuda")
+    assert kernel is not None, "torch.compile fell back"
+    assert kernel._torchdynamo_orig_callable is disagreement._fused_pair_js
+    calls = []
+    monkeypatch.setitem(disagreement._compiled, "cuda",
+                        lambda *a: (kernel(*a), calls.append(1))[0])
     gpu = DisagreementAccumulator(len(members), top_ps)
     gpu.update([m.cuda() for m in members])
-    assert disagreement._compiled["cuda"] is not None, "torch.compile fell back"
+    assert len(calls) == len(gpu.pairs)  # 300 rows: one block per pair, all through the kernel
     got, expected = gpu.pair_means(), cpu.pair_means()
     assert got["argmax_agreement"] == expected["argmax_agreement"]
     torch.testing.assert_close(torch.tensor(got["js_distance"]),

@@ -20,8 +20,9 @@ Three implementations of the same formulas feed the accumulator:
 * fused (CUDA, ``_FUSED_DEVICES``): the dense arithmetic with every level of a pair in one
   ``torch.compile`` kernel (:func:`_fused_pair_js`) that reads each member's row and a uint8
   entry level once, instead of ~9 passes per level and pair; fed fixed-size row blocks
-  (:func:`_row_blocks`), so it is compiled once per vocabulary. Where it cannot compile, the
-  dense path runs (with a warning).
+  (:func:`_row_blocks`), so it is compiled once per vocabulary and number of levels (plus a
+  small check, :func:`_try_compile`). Where it cannot compile, the dense path runs (with a
+  warning); so does a shape past torch.compile's recompile limit.
 
 Tests run them on the same data and require equal sums (``tests/metrics``).
 """
@@ -360,7 +361,8 @@ def _device_levels(probs: torch.Tensor, levels: _LevelTable, rule: str) -> _Devi
 
 def _row_blocks(member: _DeviceLevels, rows: int) -> list[_DeviceLevels]:
     """``member`` cut into blocks of exactly ``rows`` rows, so the compiled kernel sees one
-    shape per vocabulary (compiled for dynamic shapes it ran 4.6x slower on an H100). The last
+    shape per vocabulary (on an H100, compiled for dynamic shapes it took 4.6x as long on a
+    batch as compiled for that batch's exact shape; ``benchmarks/js_bench.py``). The last
     block is padded with rows that add exactly 0 to every sum of :func:`_fused_pair_js`:
     probabilities 0 and masses 1 truncate to all-zero rows, whose divergence terms are
     ``xlogy(0, 0) = 0``."""
@@ -412,27 +414,20 @@ def _fused_pair_js(
 # than either dense form. Tests add "cpu" (inductor's C++ backend) and may switch compilation
 # off to run the same function eagerly.
 _FUSED_DEVICES: tuple[str, ...] = ("cuda",)
-# Rows per call of the compiled kernel (see _row_blocks): 512 x 4101 float64 is 16 MiB a row
-# block, enough work per launch, and pads at most 511 rows per chunk.
+# Most rows per call of the compiled kernel (see _block_rows): 512 x 4101 float64 is 16 MiB a
+# row block, enough work per launch.
 _FUSED_ROWS = 512
-# Shapes (row block, vocabulary, levels) the kernel is compiled for, per process. Each is a
-# compilation; past torch.compile's recompile limit (8 per function) it would run the function
-# eagerly, with [rows, levels, vocabulary] temporaries, so further shapes take the per-level
-# path instead.
-_MAX_FUSED_SHAPES = 6
-_fused_shapes: dict[str, set[tuple[int, int, int]]] = {}
 _COMPILE_FUSED = True
 _compiled: dict[str, object] = {}  # device type -> the function to call, or None: unavailable
+_limit_warned: set[str] = set()  # device types told that the recompile limit was reached
 
 
-def _fused_shape_allowed(device_type: str, rows: int, vocab: int, levels: int) -> bool:
-    """Whether the fused kernel may take this shape (see ``_MAX_FUSED_SHAPES``); records it."""
-    shapes = _fused_shapes.setdefault(device_type, set())
-    shape = (rows, vocab, levels)
-    if shape not in shapes and len(shapes) >= _MAX_FUSED_SHAPES:
-        return False
-    shapes.add(shape)
-    return True
+def _block_rows(chunk_rows: int) -> int:
+    """Rows per fused block for chunks of ``chunk_rows`` rows: a full chunk splits into equal
+    blocks of at most ``_FUSED_ROWS`` (1022 rows: 2 x 511, 699: 2 x 350), so only the last
+    chunk of a batch is padded and the kernel sees one shape per vocabulary."""
+    blocks = -(-chunk_rows // _FUSED_ROWS)
+    return -(-chunk_rows // blocks)
 
 
 def _compiled_pair_js(device_type: str):
@@ -449,7 +444,10 @@ def _try_compile(device_type: str):
     """Compile :func:`_fused_pair_js` and check it on a small input against the eager
     function (so a broken toolchain shows here, once, not as wrong sums)."""
     try:
-        fn = torch.compile(_fused_pair_js, dynamic=False)  # one shape: see _row_blocks
+        # one shape per vocabulary (_row_blocks); fullgraph: past torch.compile's recompile
+        # limit a new shape raises (see _add_chunk_dense) instead of running the function
+        # eagerly with [rows, levels, vocabulary] temporaries
+        fn = torch.compile(_fused_pair_js, dynamic=False, fullgraph=True)
         gen = torch.Generator().manual_seed(0)
         probs = torch.rand(3, 7, generator=gen, dtype=torch.float64).to(device_type)
         table = _level_table([0.5, 1.0], probs.device)
@@ -462,6 +460,14 @@ def _try_compile(device_type: str):
     except Exception as exc:  # any compiler failure: fall back, and say so once
         _warn_unfused(device_type, exc)
         return None
+
+
+def _warn_recompile_limit(device_type: str) -> None:
+    if device_type not in _limit_warned:
+        _limit_warned.add(device_type)
+        warnings.warn(f"the fused top-p JS kernel on {device_type} reached torch.compile's "
+                      "recompile limit (torch._dynamo.config.recompile_limit); shapes it was not "
+                      "compiled for take the slower unfused path", RuntimeWarning, stacklevel=3)
 
 
 def _warn_unfused(device_type: str, exc: Exception) -> None:
@@ -765,13 +771,8 @@ class DisagreementAccumulator(SumAccumulator):
             return
         _, js, _, _ = self._views(batch)
         device = chunks[0].probs.device
-        vocab = chunks[0].probs.shape[1]
-        # with a large vocabulary a whole chunk has fewer rows than _FUSED_ROWS: one block
-        rows = min(_FUSED_ROWS, _chunk_rows(chunks[0].probs))
+        rows = _block_rows(_chunk_rows(chunks[0].probs))
         fused = _compiled_pair_js(device.type) if len(self.top_ps) < 255 else None  # uint8
-        if fused is not None and not _fused_shape_allowed(device.type, rows, vocab,
-                                                          len(self.top_ps)):
-            fused = None
         if fused is not None:  # one sort per member, then one compiled pass per pair and block
             table = self._level_table_on(device)
             members = [_row_blocks(_device_levels(c.probs, table, self.rule), rows)
@@ -783,8 +784,11 @@ class DisagreementAccumulator(SumAccumulator):
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:
-                _compiled[device.type] = None
-                _warn_unfused(device.type, exc)
+                if type(exc).__name__ == "FailOnRecompileLimitHit":  # this shape goes unfused
+                    _warn_recompile_limit(device.type)
+                else:
+                    _compiled[device.type] = None
+                    _warn_unfused(device.type, exc)
             else:
                 for k, pair_sums in enumerate(sums):
                     js[k] += pair_sums

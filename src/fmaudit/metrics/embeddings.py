@@ -1015,8 +1015,17 @@ def _default_workers(geos: Sequence[EmbeddingGeometry], cpus: int | None = None)
     # GPUs queue anyway.
     if any(g.matrix.device.type != "cpu" for g in geos):
         return 1
-    cpus = cpus if cpus is not None else os.cpu_count() or 1
+    cpus = cpus if cpus is not None else _usable_cpus()
     return min(cpus, 8, max(2, cpus // 2))
+
+
+def _usable_cpus() -> int:
+    """The cores this process may run on (its affinity: taskset, SLURM, containers' cpusets),
+    not all the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
 
 
 def compare_members(
