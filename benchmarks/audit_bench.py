@@ -242,6 +242,17 @@ def training(recipe: str, steps: int, peak_flops: float | None) -> dict:
             "max_abs_weight_diff": out["max_abs_weight_diff"]}
 
 
+def _counts(text: str) -> list[int]:
+    """``"1,4,8"`` -> ``[1, 4, 8]`` (argparse type: a bad value is a usage error, exit 2)."""
+    try:
+        counts = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,4,8, got {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="bert-4m")
@@ -257,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Peak dense TFLOP/s for MFU (default: known GPUs with --bf16).")
     parser.add_argument("--static-shape", default="4101x768",
                         help="(e): vocabulary x hidden of the static-embedding matrices")
-    parser.add_argument("--static-workers", default="",
+    parser.add_argument("--static-workers", default="", type=_counts,
                         help="(e) also with these thread counts, e.g. 1,4,8 (default: only the "
                              "library's default)")
     parser.add_argument("--train-recipe", default="tiny")
@@ -307,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.static_workers:
         out["static_embeddings_s_by_workers"] = {
-            int(w): static_embeddings(args.members, static_vocab, static_hidden, int(w))
-            for w in args.static_workers.split(",")}
+            w: static_embeddings(args.members, static_vocab, static_hidden, w)
+            for w in args.static_workers}
     if not args.skip_training:
         out["training"] = training(args.train_recipe, args.train_steps, peak)
     if args.json:

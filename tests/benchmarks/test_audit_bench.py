@@ -79,6 +79,19 @@ def test_js_benchmark_times_every_path_to_the_same_distances():
     assert means == sorted(means, reverse=True)
 
 
+@pytest.mark.parametrize(("script", "args", "named"), [
+    ("audit_bench.py", ["--static-workers", "two"], "--static-workers"),
+    ("audit_bench.py", ["--static-workers", "0"], "--static-workers"),
+    ("js_bench.py", ["--device", "cpu", "--paths", "sparse,fast"], "--paths"),
+])
+def test_benchmarks_refuse_bad_arguments_in_one_line(script, args, named):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 2 and proc.stdout == ""
+    last = proc.stderr.strip().splitlines()[-1]
+    assert named in last and "Traceback" not in proc.stderr
+
+
 def _check_mfu(runs: list, members: int, seq_len: int, peak: float) -> None:
     """MFU from the run's own counts: the audit is a forward with the head at the predicted
     positions, the Fisher pass a forward + backward (3x) with the head at one token a window;

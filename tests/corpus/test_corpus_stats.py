@@ -201,13 +201,20 @@ def _slow_log2p(train, evals, v, lam, order):
     return out
 
 
+def _markov_tokens(n: int, v: int, step: int, seed: int) -> list[int]:
+    """``n`` tokens in ``[0, v)`` where each depends on the one before (``x * step`` plus a
+    seeded jump below ``step``), so context models have something to learn."""
+    rng = np.random.default_rng(seed)
+    seq = [0]
+    for _ in range(n - 1):
+        seq.append((seq[-1] * step + int(rng.integers(step))) % v)
+    return seq
+
+
 def test_interpolated_ngram_matches_slow_dicts() -> None:
-    rng = np.random.default_rng(0)
     v = 7
     # a Markov-ish source so contexts matter, split into segments of varying length
-    seq = [0]
-    for _ in range(3000):
-        seq.append((seq[-1] * 3 + int(rng.integers(3))) % v)
+    seq = _markov_tokens(3001, v, step=3, seed=0)
     cuts = [0, 17, 400, 401, 1200, 2000, 2600, 3001]
     segs = [np.array(seq[a:b]) for a, b in itertools.pairwise(cuts)]
     train, evals = segs[:-1], [*segs[-1:], np.array([1, 2])]  # a too-short eval segment
@@ -227,11 +234,8 @@ def test_interpolated_ngram_matches_slow_dicts() -> None:
 def test_context_cross_entropy_is_the_mean_of_the_slow_log_probabilities() -> None:
     from fmaudit.corpus.stats import context_cross_entropy_bits
 
-    rng = np.random.default_rng(3)
     v = 6
-    seq = [0]
-    for _ in range(2000):
-        seq.append((seq[-1] * 2 + int(rng.integers(2))) % v)
+    seq = _markov_tokens(2001, v, step=2, seed=3)
     train, evals = [np.array(seq[:1500])], [np.array(seq[1500:])]
     ce, positions = context_cross_entropy_bits(train, evals, v, orders=(1, 2, 3))
     model = InterpolatedNgram(v, order=3).fit(train)
